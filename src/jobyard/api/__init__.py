@@ -1,0 +1,1 @@
+"""HTTP faces. Each only translates: request -> core call, core Job -> its JSON."""

@@ -1,0 +1,1 @@
+"""The native face: /api/v1 (OpenAPI at /docs)."""

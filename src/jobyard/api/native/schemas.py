@@ -1,0 +1,98 @@
+"""Request and response schemas of the native face: JobCreate, JobPublic, JobList."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jobyard.model import Event, Job, JobSpec, JobState, StateLogEntry, TaskState, TerminationReason
+from jobyard.model.job import JobName, Labels, Priority, QueueName, SubmissionId
+from jobyard.service import JobRequest
+
+_SPEC_FIELDS = set(JobSpec.model_fields)
+
+
+class JobCreate(JobSpec):
+    """A job to run: the spec's fields plus how to queue it."""
+
+    name: JobName | None = None
+    queue: QueueName | None = None
+    priority: Priority = 0
+    labels: Labels = Field(default_factory=dict)
+    submission_id: SubmissionId | None = None
+
+    def to_request(self) -> JobRequest:
+        spec = JobSpec.model_validate(self.model_dump(include=_SPEC_FIELDS, exclude_unset=True))
+        return JobRequest(
+            spec=spec,
+            name=self.name,
+            queue=self.queue,
+            priority=self.priority,
+            labels=self.labels,
+            submission_id=self.submission_id,
+        )
+
+
+class TaskPublic(BaseModel):
+    index: int
+    name: str
+    state: TaskState
+    node: str | None
+    pid: int | None
+    gpus: list[int]
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPublic(BaseModel):
+    id: int
+    display_id: str
+    submission_id: str
+    name: str
+    owner: str
+    queue: str
+    pool: str
+    priority: int
+    labels: dict[str, str]
+    spec: JobSpec
+    state: JobState
+    reason: TerminationReason | None
+    message: str
+    exit_code: int | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    tasks: list[TaskPublic]
+    state_log: list[StateLogEntry]
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+    total: int
+
+
+class EventList(BaseModel):
+    items: list[Event]
+
+
+class UserCreate(BaseModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
+    admin: bool = False
+
+
+class UserCreated(BaseModel):
+    name: str
+    token: str
+
+
+def job_public(job: Job) -> dict[str, Any]:
+    """The JSON of JobPublic, built straight from the core Job (handles are internal)."""
+    return job.model_dump(
+        mode="json",
+        exclude={"stop_requested_at": True, "stop_reason": True, "tasks": {"__all__": {"handle"}}},
+    )

@@ -1,0 +1,1 @@
+"""Executors run placements for real. They know nothing of HTTP or the database."""

@@ -1,0 +1,86 @@
+"""The executor contract: start, poll, stop, capacity, logs. Handles are plain JSON data."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from jobyard.errors import JobyardError
+from jobyard.model import Placement, TaskState
+from jobyard.model.capacity import Capacity, GpuInfo
+
+Handle = dict[str, Any]
+__all__ = ["Capacity", "Executor", "GpuInfo", "Handle", "StartFailed", "StartedTask", "TaskReport"]
+
+
+class StartFailed(JobyardError):
+    """A task could not be started (missing program, bad working_dir, fork failure)."""
+
+    code = "start_failed"
+
+
+@dataclass(frozen=True)
+class StartedTask:
+    index: int
+    pid: int | None
+    node: str
+    handle: Handle
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    state: TaskState
+    exit_code: int | None = None
+    message: str = ""
+
+
+class Executor(ABC):
+    """Runs placements on one kind of infrastructure."""
+
+    kind: ClassVar[str]
+
+    def set_wakeup(self, callback: Callable[[], None]) -> None:
+        """Give the executor a callback to call when a task changes (e.g. exits)."""
+        self._wakeup = callback
+
+    def wakeup(self) -> None:
+        callback = getattr(self, "_wakeup", None)
+        if callback is not None:
+            callback()
+
+    @abstractmethod
+    async def start(self, placement: Placement) -> list[StartedTask]:
+        """Start every task and return promptly; never wait for completion.
+        All or nothing: if one task cannot start, stop the others and raise StartFailed.
+        Raise ExecutorRefused for a spec this executor cannot run (e.g. an image)."""
+
+    @abstractmethod
+    async def poll(self, handles: Sequence[Handle]) -> list[TaskReport]:
+        """State and exit code per handle, in order. An unknown handle reports LOST; never raise."""
+
+    @abstractmethod
+    async def stop(self, handle: Handle, grace: float) -> None:
+        """Terminate, then kill after `grace` seconds. Idempotent; unknown or finished is fine."""
+
+    @abstractmethod
+    def capacity(self) -> Capacity: ...
+
+    @abstractmethod
+    def check_spec_supported(self, placement_spec: Any) -> None:
+        """Raise ExecutorRefused (naming the field) for a spec this executor can never run."""
+
+    @abstractmethod
+    def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes of the task's log from byte `offset` (b"" at the end)."""
+
+    @abstractmethod
+    def log_size(self, handle: Handle) -> int: ...
+
+    @abstractmethod
+    def release(self, handle: Handle, *, remove_files: bool) -> None:
+        """Forget a finished task; with remove_files, delete its log and files too."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with a do-nothing default
+        """Stop watching tasks. Running tasks are left running (they outlive the server)."""

@@ -1,0 +1,1 @@
+"""The local executor: tasks are processes on this machine."""

@@ -1,0 +1,337 @@
+"""Tasks as real processes on this machine.
+
+Each task runs under a tiny /bin/sh supervisor that leads a new session and process group,
+runs the task in the foreground, and writes the task's exit code to a file. The server is the
+supervisor's parent and is told of its exit through a pidfd; after a server restart the
+supervisor is no longer our child, so poll() reads the exit file instead (or finds the task
+still running, identified by pid and start time). Stop is SIGTERM to the group, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+
+from jobyard.config import Settings
+from jobyard.errors import ExecutorRefused
+from jobyard.executors.base import Capacity, Executor, Handle, StartedTask, StartFailed, TaskReport
+from jobyard.executors.local.gpus import discover_gpus
+from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model.job import TaskPlacement
+
+log = logging.getLogger(__name__)
+
+# $1 is the exit file; the rest is the task's argv. The trap keeps the supervisor alive through
+# SIGTERM/SIGINT/SIGHUP sent to the group (the task itself gets the default dispositions back).
+_SUPERVISOR = (
+    'x=$1; shift; trap : TERM INT HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
+)
+_CREATE_TIME_TOLERANCE = 0.05
+
+
+class LocalExecutor(Executor):
+    kind: ClassVar[str] = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._logs_dir = settings.logs_dir
+        self._jobs_dir = settings.jobs_dir
+        self._node = settings.node_name
+        self._capacity = Capacity(
+            node=settings.node_name,
+            cpus=settings.cpus if settings.cpus is not None else float(os.cpu_count() or 1),
+            memory_mib=settings.memory_mib or psutil.virtual_memory().total // 2**20,
+            gpus=discover_gpus(settings.gpus),
+            max_tasks=settings.max_tasks,
+        )
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._exited: dict[int, int] = {}
+        self._stopping: dict[int, asyncio.Task[None]] = {}
+
+    # ---- contract -----------------------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        return self._capacity
+
+    def check_spec_supported(self, placement_spec: Any) -> None:
+        if isinstance(placement_spec, JobSpec) and placement_spec.image:
+            raise ExecutorRefused(
+                "the local executor runs processes on this machine and cannot run container "
+                "images; leave 'image' out or use an executor that runs images",
+                field="image",
+            )
+
+    async def start(self, placement: Placement) -> list[StartedTask]:
+        self.check_spec_supported(placement.spec)
+        started: list[StartedTask] = []
+        try:
+            for task in placement.tasks:
+                started.append(self._start_task(placement, task))
+        except StartFailed:
+            for done in started:
+                await self.stop(done.handle, grace=0)
+            raise
+        return started
+
+    async def poll(self, handles: Sequence[Handle]) -> list[TaskReport]:
+        return [self._poll_one(handle) for handle in handles]
+
+    async def stop(self, handle: Handle, grace: float) -> None:
+        pid = int(handle.get("pid", 0))
+        if pid <= 0 or pid in self._exited or pid in self._stopping:
+            return
+        if not self._owns(handle):
+            return
+        escaped = _descendants(pid)
+        _signal_group(pid, signal.SIGTERM)
+        self._stopping[pid] = asyncio.create_task(self._kill_after(handle, grace, escaped))
+
+    def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
+        try:
+            with open(handle["log"], "rb") as f:
+                f.seek(max(offset, 0))
+                return f.read(limit)
+        except (OSError, KeyError):
+            return b""
+
+    def log_size(self, handle: Handle) -> int:
+        try:
+            return os.stat(handle["log"]).st_size
+        except (OSError, KeyError):
+            return 0
+
+    def release(self, handle: Handle, *, remove_files: bool) -> None:
+        pid = int(handle.get("pid", 0))
+        self._exited.pop(pid, None)
+        self._children.pop(pid, None)
+        if remove_files:
+            for key in ("log", "exit"):
+                with contextlib.suppress(OSError, KeyError):
+                    os.unlink(handle[key])
+            with contextlib.suppress(OSError, KeyError):
+                Path(handle["log"]).parent.rmdir()
+
+    async def close(self) -> None:
+        for task in self._stopping.values():
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        for popen in self._children.values():
+            with contextlib.suppress(Exception):
+                loop.remove_reader(popen.pidfd)  # type: ignore[attr-defined]
+                os.close(popen.pidfd)  # type: ignore[attr-defined]
+
+    # ---- starting -----------------------------------------------------------------------------
+
+    def _start_task(self, placement: Placement, task: TaskPlacement) -> StartedTask:
+        spec = placement.spec
+        env = self._environment(placement, task)
+        cwd = self._working_dir(placement)
+        argv = spec.argv()
+        _check_program(argv[0], env.get("PATH", os.defpath), cwd)
+        log_dir = self._logs_dir / str(placement.job_id)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path, exit_path = log_dir / f"{task.name}.log", log_dir / f"{task.name}.exit"
+        with contextlib.suppress(FileNotFoundError):
+            exit_path.unlink()
+        popen = self._spawn(argv, env, cwd, log_path, exit_path)
+        handle = {
+            "pid": popen.pid,
+            "create_time": _create_time(popen.pid),
+            "log": str(log_path),
+            "exit": str(exit_path),
+            "node": self._node,
+        }
+        return StartedTask(index=task.index, pid=popen.pid, node=self._node, handle=handle)
+
+    def _spawn(
+        self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, exit_path: Path
+    ) -> subprocess.Popen[bytes]:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            popen = subprocess.Popen(  # noqa: S603 - argv comes from the job's owner, by design
+                ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise StartFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(log_fd)
+        self._children[popen.pid] = popen
+        self._watch(popen)
+        return popen
+
+    def _watch(self, popen: subprocess.Popen[bytes]) -> None:
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:  # no pidfd (old kernel): poll() finds the exit on the next tick
+            return
+        popen.pidfd = pidfd  # type: ignore[attr-defined]
+        asyncio.get_running_loop().add_reader(pidfd, self._on_exit, popen)
+
+    def _on_exit(self, popen: subprocess.Popen[bytes]) -> None:
+        pidfd: int = popen.pidfd  # type: ignore[attr-defined]
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        _signal_group(popen.pid, signal.SIGKILL)  # nothing of the task outlives it
+        self._reap(popen)
+        self.wakeup()
+
+    def _reap(self, popen: subprocess.Popen[bytes]) -> int | None:
+        code = popen.poll()
+        if code is None:
+            return None
+        code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, as a shell says
+        self._exited[popen.pid] = code
+        self._children.pop(popen.pid, None)
+        return code
+
+    def _working_dir(self, placement: Placement) -> Path:
+        if placement.spec.working_dir:
+            path = Path(placement.spec.working_dir)
+            if not path.is_dir():
+                raise StartFailed(f"working_dir {str(path)!r} does not exist or is not a directory")
+            return path
+        path = self._jobs_dir / str(placement.job_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _environment(self, placement: Placement, task: TaskPlacement) -> dict[str, str]:
+        # The server's own JOBYARD_* settings (tokens, database URLs) never reach a job.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")}
+        env.update(placement.spec.env)
+        env.update(
+            JOBYARD_JOB_ID=str(placement.job_id),
+            JOBYARD_DISPLAY_ID=placement.display_id,
+            JOBYARD_TASK_NAME=task.name,
+            JOBYARD_TASK_INDEX=str(task.index),
+        )
+        if task.gpus or self._capacity.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in task.gpus)
+        replicas = len(placement.tasks)
+        if replicas > 1:
+            env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(placement.master_port or _free_port()),
+                WORLD_SIZE=str(replicas),
+                RANK=str(task.index),
+                NODE_RANK=str(task.index),
+                LOCAL_RANK="0",
+            )
+        return env
+
+    # ---- watching and stopping ----------------------------------------------------------------
+
+    def _poll_one(self, handle: Handle) -> TaskReport:
+        pid = int(handle.get("pid", 0))
+        if pid in self._exited:
+            return TaskReport(TaskState.EXITED, self._exited[pid])
+        popen = self._children.get(pid)
+        if popen is not None:
+            code = self._reap(popen)
+            if code is None:
+                return TaskReport(TaskState.RUNNING)
+            return TaskReport(TaskState.EXITED, code)
+        return self._poll_adopted(handle)
+
+    def _poll_adopted(self, handle: Handle) -> TaskReport:
+        """A task started by an earlier server process: not our child any more."""
+        if self._owns(handle):
+            return TaskReport(TaskState.RUNNING)
+        code = _read_exit_file(handle.get("exit"))
+        if code is not None:
+            return TaskReport(TaskState.EXITED, code)
+        return TaskReport(
+            TaskState.LOST, message="the task's process is gone and left no exit code"
+        )
+
+    def _owns(self, handle: Handle) -> bool:
+        """Is the handle's process alive and still the one we started (not a reused pid)?"""
+        pid = int(handle.get("pid", 0))
+        if pid in self._children:
+            return True
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE
+            return (
+                alive
+                and abs(proc.create_time() - float(handle["create_time"])) < _CREATE_TIME_TOLERANCE
+            )
+        except (psutil.Error, KeyError, ValueError):
+            return False
+
+    async def _kill_after(
+        self, handle: Handle, grace: float, escaped: list[psutil.Process]
+    ) -> None:
+        pid = int(handle["pid"])
+        deadline = time.monotonic() + grace
+        try:
+            while time.monotonic() < deadline and self._owns(handle):
+                await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+            if self._owns(handle):
+                _signal_group(pid, signal.SIGKILL)
+            for proc in escaped:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+        finally:
+            self._stopping.pop(pid, None)
+            self.wakeup()
+
+
+def _check_program(program: str, path: str, cwd: Path) -> None:
+    if "/" in program:
+        candidate = cwd / program
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            raise StartFailed(f"program {program!r} does not exist or is not executable")
+    elif shutil.which(program, path=path) is None:
+        raise StartFailed(f"program {program!r} not found in PATH")
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _read_exit_file(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,40 @@
+"""Pure domain model: no I/O."""
+
+from jobyard.model.events import Event, EventType
+from jobyard.model.job import (
+    Job,
+    JobSpec,
+    Placement,
+    Resources,
+    StateLogEntry,
+    Task,
+    TaskState,
+    TerminationReason,
+)
+from jobyard.model.state import (
+    LIVE_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    JobState,
+    check_transition,
+    event_for,
+)
+
+__all__ = [
+    "LIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Event",
+    "EventType",
+    "Job",
+    "JobSpec",
+    "JobState",
+    "Placement",
+    "Resources",
+    "StateLogEntry",
+    "Task",
+    "TaskState",
+    "TerminationReason",
+    "check_transition",
+    "event_for",
+]

@@ -1,0 +1,236 @@
+"""Job, JobSpec, Task, Resources and Placement: what a user asked for and what happened to it."""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from jobyard.model.state import JobState
+
+MAX_ENTRYPOINT_BYTES = 64 * 1024
+MAX_ENV_BYTES = 256 * 1024
+MAX_REPLICAS = 1024
+_ENV_KEY = re.compile(r"^[^=\x00]+$")
+_SUBMISSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_NAME = re.compile(r"^[^\x00-\x1f]{1,256}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1 / 2**20, "B": 1 / 2**20, "K": 1 / 2**10, "M": 1, "G": 2**10, "T": 2**20}
+
+
+class TerminationReason(enum.StrEnum):
+    EXIT_NONZERO = "EXIT_NONZERO"
+    STOPPED_BY_USER = "STOPPED_BY_USER"
+    MAX_RUNTIME_EXCEEDED = "MAX_RUNTIME_EXCEEDED"
+    START_FAILED = "START_FAILED"
+    LOST = "LOST"
+    SUCCEEDED = "SUCCEEDED"
+
+    def final_state(self) -> JobState:
+        """The terminal state a job reaches when it ends for this reason."""
+        if self is TerminationReason.SUCCEEDED:
+            return JobState.SUCCEEDED
+        if self is TerminationReason.STOPPED_BY_USER:
+            return JobState.STOPPED
+        return JobState.FAILED
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    LOST = "LOST"
+
+    def is_finished(self) -> bool:
+        return self in (TaskState.EXITED, TaskState.LOST)
+
+
+def parse_memory_mib(value: Any) -> int:
+    """Memory as MiB: an integer is MiB; a string may carry a unit (512M, 4GiB, 1.5G)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str) and (match := _MEMORY.match(value)):
+        unit = (match.group(2) or "").upper().replace("I", "").rstrip("B") or ""
+        if match.group(2) and match.group(2).upper() == "B":
+            unit = "B"
+        return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+    raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
+
+
+class Resources(BaseModel):
+    """What one replica needs. Zero means 'no reservation' (as a Ray driver's num_cpus=0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpus: Annotated[float, Field(ge=0, le=4096)] = 0
+    memory: Annotated[int, Field(ge=0, description="MiB; strings such as '4GiB' accepted")] = 0
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    gpu_model: Annotated[str | None, Field(max_length=128)] = None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        return parse_memory_mib(value)
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    size = 0
+    for key, value in env.items():
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"env key {key!r} must be non-empty and contain neither '=' nor NUL")
+        if "\x00" in value:
+            raise ValueError(f"env value of {key!r} must not contain NUL")
+        size += len(key) + len(value)
+    if size > MAX_ENV_BYTES:
+        raise ValueError(f"env is larger than {MAX_ENV_BYTES} bytes")
+    return env
+
+
+class JobSpec(BaseModel):
+    """What to run. `entrypoint` is a shell string (run by /bin/sh -c) or an argv list."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entrypoint: str | list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: Annotated[str | None, Field(max_length=4096)] = None
+    image: Annotated[str | None, Field(max_length=1024)] = None
+    runtime_env: dict[str, Any] | None = None
+    resources: Resources = Field(default_factory=Resources)
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = 1
+    max_runtime: Annotated[float | None, Field(gt=0, le=365 * 86400)] = None
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, value: str | list[str]) -> str | list[str]:
+        parts = [value] if isinstance(value, str) else value
+        if not parts or not parts[0].strip():
+            raise ValueError("must not be empty")
+        if any("\x00" in part for part in parts):
+            raise ValueError("must not contain NUL")
+        if sum(len(part.encode()) for part in parts) > MAX_ENTRYPOINT_BYTES:
+            raise ValueError(f"is longer than {MAX_ENTRYPOINT_BYTES} bytes")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+    def argv(self) -> list[str]:
+        if isinstance(self.entrypoint, str):
+            return ["/bin/sh", "-c", self.entrypoint]
+        return list(self.entrypoint)
+
+
+def check_submission_id(value: str) -> str:
+    if not _SUBMISSION_ID.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits and ._:@-")
+    return value
+
+
+def check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("must be 1-256 characters without control characters")
+    return value
+
+
+def check_queue(value: str) -> str:
+    if not _QUEUE.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits and ._-")
+    return value
+
+
+def check_labels(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 64:
+        raise ValueError("at most 64 labels")
+    for key, item in value.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(
+                f"label key {key!r} must be 1-128 characters of letters, digits and ._/-"
+            )
+        if len(item) > 256 or "\x00" in item:
+            raise ValueError(f"label {key!r}: value must be at most 256 characters, no NUL")
+    return value
+
+
+SubmissionId = Annotated[str, AfterValidator(check_submission_id)]
+JobName = Annotated[str, AfterValidator(check_name)]
+QueueName = Annotated[str, AfterValidator(check_queue)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+Priority = Annotated[int, Field(ge=-10000, le=10000)]
+
+
+class StateLogEntry(BaseModel):
+    id: int
+    state: JobState
+    timestamp: datetime
+
+
+class Task(BaseModel):
+    """One process of a job (a pod in the training face, the driver in the ray face)."""
+
+    index: int
+    name: str
+    state: TaskState = TaskState.PENDING
+    node: str | None = None
+    pid: int | None = None
+    gpus: list[int] = Field(default_factory=list)
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    handle: dict[str, Any] | None = None
+
+
+class Job(BaseModel):
+    id: int
+    display_id: str
+    submission_id: str
+    name: str
+    owner: str
+    queue: str
+    pool: str
+    priority: int
+    labels: dict[str, str]
+    spec: JobSpec
+    state: JobState
+    reason: TerminationReason | None = None
+    message: str = ""
+    exit_code: int | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    stop_requested_at: datetime | None = None
+    stop_reason: TerminationReason | None = None
+    tasks: list[Task] = Field(default_factory=list)
+    state_log: list[StateLogEntry] = Field(default_factory=list)
+
+
+def task_name(display_id: str, index: int) -> str:
+    return f"{display_id}-worker-{index}"
+
+
+class TaskPlacement(BaseModel):
+    index: int
+    name: str
+    node: str
+    gpus: list[int] = Field(default_factory=list)
+
+
+class Placement(BaseModel):
+    """A scheduler decision handed to an executor: which tasks go where, with which GPUs."""
+
+    job_id: int
+    display_id: str
+    owner: str
+    spec: JobSpec
+    tasks: list[TaskPlacement]
+    master_port: int | None = None

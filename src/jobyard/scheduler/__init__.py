@@ -1,0 +1,1 @@
+"""Queued jobs -> placements; running tasks -> recorded outcomes."""

@@ -1,0 +1,96 @@
+"""Pure decisions: given a job and what its tasks reported, what happens to the job next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobyard.model import Job, JobState, Task, TaskState, TerminationReason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Either finish the job (`final` set) or begin stopping it (`stop_reason` set)."""
+
+    final: JobState | None = None
+    termination: TerminationReason | None = None
+    exit_code: int | None = None
+    stop_reason: TerminationReason | None = None
+    message: str = ""
+
+
+def _is_done(task: Task, job: Job) -> bool:
+    never_started = task.state is TaskState.PENDING and task.handle is None
+    return task.state.is_finished() or (job.state is JobState.STOPPING and never_started)
+
+
+def _first_failure(tasks: list[Task]) -> Task | None:
+    return next((t for t in tasks if t.state is TaskState.LOST or (t.exit_code or 0) != 0), None)
+
+
+def _exit_code(tasks: list[Task]) -> int | None:
+    failed = _first_failure(tasks)
+    if failed is not None:
+        return failed.exit_code
+    codes = [t.exit_code for t in tasks if t.exit_code is not None]
+    return codes[0] if codes else None
+
+
+def decide(job: Job) -> Outcome | None:
+    """The next step for a started job whose tasks carry their latest reports, or None."""
+    tasks = job.tasks
+    failed = _first_failure(tasks)
+    if all(_is_done(t, job) for t in tasks):
+        return _finish(job, failed)
+    if failed is not None and job.state in (JobState.STARTING, JobState.RUNNING):
+        reason = (
+            TerminationReason.LOST
+            if failed.state is TaskState.LOST
+            else TerminationReason.EXIT_NONZERO
+        )
+        return Outcome(
+            stop_reason=reason,
+            message=f"{failed.name} {_describe(failed)}; stopping the other tasks",
+        )
+    return None
+
+
+def _finish(job: Job, failed: Task | None) -> Outcome:
+    code = _exit_code(job.tasks)
+    if job.state is JobState.STOPPING:
+        why = job.stop_reason or TerminationReason.STOPPED_BY_USER
+        return Outcome(
+            final=why.final_state(),
+            termination=why,
+            exit_code=code,
+            message=_stop_message(why, job),
+        )
+    if failed is None:
+        return Outcome(
+            final=JobState.SUCCEEDED,
+            termination=TerminationReason.SUCCEEDED,
+            exit_code=code,
+            message="all tasks exited with code 0",
+        )
+    why = (
+        TerminationReason.LOST if failed.state is TaskState.LOST else TerminationReason.EXIT_NONZERO
+    )
+    return Outcome(
+        final=JobState.FAILED,
+        termination=why,
+        exit_code=code,
+        message=f"{failed.name} {_describe(failed)}",
+    )
+
+
+def _describe(task: Task) -> str:
+    if task.state is TaskState.LOST:
+        return "was lost (its process is gone and left no exit code)"
+    return f"exited with code {task.exit_code}"
+
+
+def _stop_message(why: TerminationReason, job: Job) -> str:
+    if why is TerminationReason.STOPPED_BY_USER:
+        return "stopped by user"
+    if why is TerminationReason.MAX_RUNTIME_EXCEEDED:
+        return f"ran longer than max_runtime ({job.spec.max_runtime:g} s)"
+    return job.message or why.value

@@ -1,0 +1,16 @@
+"""The one core API. Faces call this; it enforces ownership and the state machine."""
+
+from jobyard.service.auth import AuthService, User
+from jobyard.service.jobs import JobQuery, JobRequest, JobService, Submitted
+from jobyard.service.logs import LogQuery, LogService
+
+__all__ = [
+    "AuthService",
+    "JobQuery",
+    "JobRequest",
+    "JobService",
+    "LogQuery",
+    "LogService",
+    "Submitted",
+    "User",
+]

@@ -1,0 +1,94 @@
+"""Task logs: read by byte offset, the last N lines, or follow until the task ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from jobyard.errors import NotFound
+from jobyard.executors.base import Executor
+from jobyard.model import Job, Task
+from jobyard.service.auth import User
+from jobyard.service.jobs import JobService
+
+_CHUNK = 64 * 1024
+MAX_READ = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    task: str | None = None
+    offset: int | None = None
+    tail: int | None = None
+    limit: int = MAX_READ
+
+
+class LogService:
+    def __init__(self, jobs: JobService, executor: Executor, *, follow_poll: float = 0.1) -> None:
+        self._jobs = jobs
+        self._executor = executor
+        self._follow_poll = follow_poll
+
+    async def read(self, user: User, ref: str, query: LogQuery) -> bytes:
+        job = await self._jobs.get(user, ref)
+        task = pick_task(job, query.task)
+        if task.handle is None:
+            return b""
+        start = self._start_offset(task, query)
+        return self._executor.read_log(task.handle, start, min(query.limit, MAX_READ))
+
+    async def follow(self, user: User, ref: str, query: LogQuery) -> AsyncIterator[bytes]:
+        """Yield new output as it is written; end once the task has ended and all is sent."""
+        job = await self._jobs.get(user, ref)
+        task = pick_task(job, query.task)
+        offset = None
+        while True:
+            if task.handle is not None:
+                if offset is None:
+                    offset = self._start_offset(task, query)
+                chunk = self._executor.read_log(task.handle, offset, _CHUNK)
+                if chunk:
+                    offset += len(chunk)
+                    yield chunk
+                    continue
+            if task.state.is_finished() or job.state.is_terminal():
+                return
+            await asyncio.sleep(self._follow_poll)
+            job = await self._jobs.get(user, ref)
+            task = pick_task(job, query.task)
+
+    def _start_offset(self, task: Task, query: LogQuery) -> int:
+        if query.tail is not None:
+            return self._tail_offset(task.handle or {}, query.tail)
+        return query.offset or 0
+
+    def _tail_offset(self, handle: dict[str, object], lines: int) -> int:
+        """Byte offset where the last `lines` lines begin (read backwards in chunks)."""
+        size = self._executor.log_size(handle)
+        if lines <= 0:
+            return size
+        end, newlines = size, 0
+        while end > 0:
+            start = max(end - _CHUNK, 0)
+            chunk = self._executor.read_log(handle, start, end - start)
+            # A final newline ends the last line rather than starting an empty one.
+            stop = len(chunk) - 1 if end == size and chunk.endswith(b"\n") else len(chunk)
+            for i in range(stop - 1, -1, -1):
+                if chunk[i] == 0x0A:
+                    newlines += 1
+                    if newlines == lines:
+                        return start + i + 1
+            end = start
+        return 0
+
+
+def pick_task(job: Job, name: str | None) -> Task:
+    """A task by name, by index, or the first when none is named."""
+    if name is None or name == "":
+        return job.tasks[0]
+    for task in job.tasks:
+        if name in (task.name, str(task.index)):
+            return task
+    names = ", ".join(t.name for t in job.tasks)
+    raise NotFound(f"job {job.display_id} has no task {name!r}; tasks: {names}", field="task")

@@ -1,0 +1,1 @@
+"""Persistence only: SQLAlchemy rows, typed query functions, migrations."""

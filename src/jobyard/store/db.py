@@ -1,0 +1,164 @@
+"""Engines and the two ways to reach them: `read` (a thread pool) and `write` (group commit).
+
+Every write goes through one writer thread. It takes every operation waiting in its queue,
+runs each in its own SAVEPOINT inside one transaction, commits once, and only then resolves
+the callers. So a caller's 2xx always follows a durable commit (SQLite runs WAL with
+synchronous=FULL), and concurrent submits share the cost of one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event
+
+T = TypeVar("T")
+_MAX_BATCH = 256
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _sqlite_engine(url: str, begin: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (savepoints work)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """(writer, reader). SQLite gets BEGIN IMMEDIATE for the writer so it never upgrades locks."""
+    if _is_sqlite(url):
+        return _sqlite_engine(url, "BEGIN IMMEDIATE"), _sqlite_engine(url, "BEGIN")
+    url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    return engine, engine
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest migration (Alembic, from the first table)."""
+    writer, _ = make_engines(url)
+    try:
+        with writer.begin() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(_MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        writer.dispose()
+
+
+_Op = tuple[Callable[[Connection], Any], "concurrent.futures.Future[Any]"]
+
+
+class Database:
+    """The store's entry point. Build one per server (no module-level engine)."""
+
+    def __init__(self, url: str, *, readers: int = 4) -> None:
+        self.url = url
+        self.is_sqlite = _is_sqlite(url)
+        self._writer, self._reader = make_engines(url)
+        self._readers = concurrent.futures.ThreadPoolExecutor(readers, "jobyard-db-read")
+        self._queue: queue.Queue[_Op | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._write_loop, name="jobyard-db-write", daemon=True
+        )
+        self._thread.start()
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.read_sync, fn)
+
+    def read_sync(self, fn: Callable[[Connection], T]) -> T:
+        with self._reader.connect() as conn, conn.begin():
+            return fn(conn)
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in a transaction; return only after its commit is durable."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, future))
+        return await asyncio.wrap_future(future)
+
+    def write_sync(self, fn: Callable[[Connection], T]) -> T:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._readers.shutdown(wait=True)
+        self._writer.dispose()
+        self._reader.dispose()
+
+    def _take_batch(self) -> list[_Op] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < _MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            batch.append(item)
+        return batch
+
+    def _write_loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            with self._writer.connect() as conn, conn.begin():
+                for fn, future in batch:
+                    results.append((future, *_run_in_savepoint(conn, fn)))
+        except Exception as exc:  # the commit itself failed: nobody's write is durable
+            for _fn, future in batch:
+                future.set_exception(exc)
+            return
+        for future, value, error in results:
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+
+def _run_in_savepoint(
+    conn: Connection, fn: Callable[[Connection], T]
+) -> tuple[Any, BaseException | None]:
+    savepoint = conn.begin_nested()
+    try:
+        value = fn(conn)
+    except Exception as exc:
+        savepoint.rollback()
+        return None, exc
+    savepoint.commit()
+    return value, None

@@ -1,0 +1,85 @@
+"""Plain helpers for tests: a real server on a free loopback port, and deadline polling."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+
+from jobyard.config import Settings
+from jobyard.server import Runtime, build, create_server_app
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll until `predicate()` is truthy; return its value or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
+        time.sleep(interval)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    token: str
+    settings: Settings
+    runtime: Runtime
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def wait_state(self, ref: str | int, *states: str, timeout: float = 15.0) -> dict[str, Any]:
+        with self.client() as http:
+
+            def done() -> dict[str, Any] | None:
+                job: dict[str, Any] = http.get(f"/api/v1/jobs/{ref}").json()
+                return job if job["state"] in states else None
+
+            return wait_for(done, timeout)
+
+
+def make_settings(home: Any, **overrides: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "home": home,
+        "port": 0,
+        "stop_grace_seconds": 2.0,
+        "reconcile_interval_seconds": 0.2,
+        "cpus": 8,
+        "memory_mib": 16384,
+        "gpus": [],
+    }
+    return Settings(**{**defaults, **overrides})
+
+
+@contextlib.contextmanager
+def running_server(settings: Settings) -> Iterator[LiveServer]:
+    """Serve jobyard (uvicorn, in a thread) on 127.0.0.1 and a free port; stop it afterwards."""
+    runtime = build(settings)
+    config = uvicorn.Config(create_server_app(runtime), host="127.0.0.1", port=settings.port,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="jobyard-test-server", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), timeout=20)
+        if not server.started:
+            raise RuntimeError("server did not start")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        token = settings.admin_token_path.read_text().strip()
+        yield LiveServer(f"http://127.0.0.1:{port}", token, settings, runtime)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
