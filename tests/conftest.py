@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, running_server, make_settings
+from tests.helpers import LiveServer, make_settings, running_server
 
 pytest_plugins = ["tests.plugins.postgres"]
 

@@ -68,8 +68,13 @@ def make_settings(home: Any, **overrides: Any) -> Settings:
 def running_server(settings: Settings) -> Iterator[LiveServer]:
     """Serve jobyard (uvicorn, in a thread) on 127.0.0.1 and a free port; stop it afterwards."""
     runtime = build(settings)
-    config = uvicorn.Config(create_server_app(runtime), host="127.0.0.1", port=settings.port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_server_app(runtime),
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="jobyard-test-server", daemon=True)
     thread.start()

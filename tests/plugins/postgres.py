@@ -33,6 +33,13 @@ SUPERUSER = "postgres"
 _OS_USER = "postgres"  # who runs the server when the tests run as root
 _START_ATTEMPTS = 3  # a free port may be taken between probing and binding it
 _MIN_FREE = 1 << 30  # bytes a base directory must have free to hold a cluster
+_INITDB_OPTIONS = (
+    "--auth=trust",
+    "--encoding=UTF8",
+    "--locale=C",
+    "--no-sync",
+    "--no-instructions",
+)
 _CONFIG = """
 # --- jobyard test cluster ---
 listen_addresses = '127.0.0.1'
@@ -134,18 +141,16 @@ def _make_root(run_as: list[str]) -> Path:
 
 
 def _start(cluster: PostgresCluster) -> None:
-    cluster.pg(
-        "initdb", "-D", str(cluster.data_dir), "-U", SUPERUSER, "--auth=trust",
-        "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions",
-    )
+    data = str(cluster.data_dir)
+    cluster.pg("initdb", "-D", data, "-U", SUPERUSER, *_INITDB_OPTIONS)
     for attempt in range(_START_ATTEMPTS):
         cluster.port = _free_port()
         config = cluster.data_dir / "postgresql.conf"
         text = config.read_text().split("\n# --- jobyard test cluster ---")[0]
         config.write_text(text + _CONFIG.format(port=cluster.port, socket_dir=cluster.root))
+        log = str(cluster.log_file)
         started = cluster.pg(
-            "pg_ctl", "start", "-D", str(cluster.data_dir), "-l", str(cluster.log_file),
-            "-w", "-t", "60", check=False,
+            "pg_ctl", "start", "-D", data, "-l", log, "-w", "-t", "60", check=False
         )
         if started.returncode == 0:
             return

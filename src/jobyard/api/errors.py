@@ -6,6 +6,8 @@ Every error leaves as JSON `{"error": {"code", "message", "field"?}}`; never a t
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,20 +45,38 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": body}
 
 
+_UNION_TAG = re.compile(
+    r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|function-.*|constrained-.*)$"
+)
+_PLACES = frozenset({"body", "query", "path", "header"})
+
+
+def _field(loc: Sequence[Any]) -> str | None:
+    """A dotted field path, without pydantic's request places and union member tags."""
+    parts = [str(p) for p in loc if p not in _PLACES and not _UNION_TAG.match(str(p))]
+    return ".".join(parts) or None
+
+
+def _message(problem: dict[str, Any]) -> str:
+    kind = problem.get("type")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "field required"
+    return str(problem.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
 def validation_problem(exc: RequestValidationError) -> tuple[int, str, str, str | None]:
-    """(status, code, message, field) for the first problem pydantic found."""
-    problems = list(exc.errors())
-    first: dict[str, Any] = dict(problems[0]) if problems else {"msg": "invalid request"}
+    """(status, code, message, field) for the first field pydantic found wrong."""
+    problems = [dict(p) for p in exc.errors()] or [{"msg": "invalid request"}]
+    first = problems[0]
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return 400, "invalid_json", f"request body is not valid JSON: {detail}".rstrip(": "), "body"
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    field = ".".join(loc) or None
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    if first.get("type") == "extra_forbidden":
-        message = "unknown field"
-    if first.get("type") == "missing":
-        message = "field required"
+    field = _field(first.get("loc", ()))
+    # A union (str | list[str]) reports one problem per member: say them together.
+    same = [p for p in problems if _field(p.get("loc", ())) == field]
+    message = " or ".join(dict.fromkeys(_message(p) for p in same))
     return 422, "invalid", f"{field}: {message}" if field else message, field
 
 

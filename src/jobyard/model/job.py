@@ -20,7 +20,7 @@ _NAME = re.compile(r"^[^\x00-\x1f]{1,256}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
 _QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1 / 2**20, "B": 1 / 2**20, "K": 1 / 2**10, "M": 1, "G": 2**10, "T": 2**20}
+_MEMORY_UNITS: dict[str, float] = {"": 1, "K": 1 / 2**10, "M": 1, "G": 2**10, "T": 2**20}
 
 
 class TerminationReason(enum.StrEnum):
@@ -51,17 +51,20 @@ class TaskState(enum.StrEnum):
 
 
 def parse_memory_mib(value: Any) -> int:
-    """Memory as MiB: an integer is MiB; a string may carry a unit (512M, 4GiB, 1.5G)."""
+    """Memory as MiB: a bare number is MiB; a string may carry a binary unit (512M, 4GiB, 1.5G).
+
+    K, M, G and T are read as KiB, MiB, GiB and TiB (with or without 'i' and 'B'); 'B' is bytes.
+    """
     if isinstance(value, bool):
         raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
     if isinstance(value, int | float):
         return int(value)
-    if isinstance(value, str) and (match := _MEMORY.match(value)):
-        unit = (match.group(2) or "").upper().replace("I", "").rstrip("B") or ""
-        if match.group(2) and match.group(2).upper() == "B":
-            unit = "B"
-        return int(float(match.group(1)) * _MEMORY_UNITS[unit])
-    raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
+    match = _MEMORY.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
+    unit = (match.group(2) or "").upper()
+    factor = 1 / 2**20 if unit == "B" else _MEMORY_UNITS[unit[:1]]
+    return int(float(match.group(1)) * factor)
 
 
 class Resources(BaseModel):

@@ -132,7 +132,10 @@ class Database:
 
     def _write_loop(self) -> None:
         while (batch := self._take_batch()) is not None:
-            self._run_batch(batch)
+            # A caller that gave up (cancelled) is dropped; the rest can no longer be cancelled.
+            live = [(fn, future) for fn, future in batch if future.set_running_or_notify_cancel()]
+            if live:
+                self._run_batch(live)
 
     def _run_batch(self, batch: list[_Op]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []

@@ -34,6 +34,7 @@ from jobyard.store.tables import EventRow, JobLabelRow, JobRow, StateLogRow, Tas
 
 _DISPLAY_ALPHABET = string.ascii_letters + string.digits
 _DISPLAY_LEN = 6
+_MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns on PostgreSQL
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -219,10 +220,11 @@ def request_stop(conn: Connection, job_id: int, reason: TerminationReason, now: 
 
 
 def update_task(conn: Connection, job_id: int, index: int, change: TaskUpdate) -> None:
+    values = change.as_values()
+    if not values:
+        return
     conn.execute(
-        update(TaskRow)
-        .where(TaskRow.job_id == job_id, TaskRow.idx == index)
-        .values(change.as_values())
+        update(TaskRow).where(TaskRow.job_id == job_id, TaskRow.idx == index).values(values)
     )
 
 
@@ -253,7 +255,7 @@ def resolve_ref(conn: Connection, ref: str, owner: str | None) -> int | None:
     """A ref is the numeric id (all digits), else the display_id, else the submission_id."""
     scope = [] if owner is None else [JobRow.owner == owner]
     candidates = []
-    if ref.isdigit() and len(ref) < 19:
+    if ref.isascii() and ref.isdigit() and int(ref) <= _MAX_ID:
         candidates.append(JobRow.id == int(ref))
     candidates += [JobRow.display_id == ref, JobRow.submission_id == ref]
     for condition in candidates:
@@ -306,7 +308,7 @@ def _conditions(flt: JobFilter) -> list[Any]:
         conditions.append(JobRow.queue == flt.queue)
     if flt.name_contains:
         escaped = flt.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append(JobRow.name.like(f"%{escaped}%", escape="\\"))
+        conditions.append(JobRow.name.ilike(f"%{escaped}%", escape="\\"))  # same on both DBs
     if flt.ids:
         conditions.append(JobRow.id.in_(flt.ids))
     for key, value in flt.labels:

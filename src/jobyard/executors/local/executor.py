@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +32,12 @@ from jobyard.model.job import TaskPlacement
 
 log = logging.getLogger(__name__)
 
-# $1 is the exit file; the rest is the task's argv. The trap keeps the supervisor alive through
-# SIGTERM/SIGINT/SIGHUP sent to the group (the task itself gets the default dispositions back).
+# $1 is the exit file, $2 the working directory, the rest the task's argv. The trap keeps the
+# supervisor alive through SIGTERM/SIGINT/SIGHUP sent to the group; the task itself gets the
+# default dispositions back on exec.
 _SUPERVISOR = (
-    'x=$1; shift; trap : TERM INT HUP; "$@"; rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
+    'x=$1; cd "$2" || exit 126; shift 2; trap : TERM INT HUP; "$@"; rc=$?; '
+    'printf "%s\\n" "$rc" > "$x"; exit "$rc"'
 )
 _CREATE_TIME_TOLERANCE = 0.05
 
@@ -45,8 +46,8 @@ class LocalExecutor(Executor):
     kind: ClassVar[str] = "local"
 
     def __init__(self, settings: Settings) -> None:
-        self._logs_dir = settings.logs_dir
-        self._jobs_dir = settings.jobs_dir
+        self._logs_dir = settings.logs_dir.resolve()
+        self._jobs_dir = settings.jobs_dir.resolve()
         self._node = settings.node_name
         self._capacity = Capacity(
             node=settings.node_name,
@@ -55,8 +56,9 @@ class LocalExecutor(Executor):
             gpus=discover_gpus(settings.gpus),
             max_tasks=settings.max_tasks,
         )
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children: dict[int, int | None] = {}  # pid -> pidfd of the tasks we spawned
         self._exited: dict[int, int] = {}
+        self._forgotten: set[int] = set()
         self._stopping: dict[int, asyncio.Task[None]] = {}
 
     # ---- contract -----------------------------------------------------------------------------
@@ -74,6 +76,8 @@ class LocalExecutor(Executor):
 
     async def start(self, placement: Placement) -> list[StartedTask]:
         self.check_spec_supported(placement.spec)
+        if len(placement.tasks) > 1 and placement.master_port is None:
+            placement = placement.model_copy(update={"master_port": _free_port()})
         started: list[StartedTask] = []
         try:
             for task in placement.tasks:
@@ -114,7 +118,8 @@ class LocalExecutor(Executor):
     def release(self, handle: Handle, *, remove_files: bool) -> None:
         pid = int(handle.get("pid", 0))
         self._exited.pop(pid, None)
-        self._children.pop(pid, None)
+        if pid in self._children:
+            self._forgotten.add(pid)  # still running: reap it when it exits, then forget it
         if remove_files:
             for key in ("log", "exit"):
                 with contextlib.suppress(OSError, KeyError):
@@ -126,10 +131,11 @@ class LocalExecutor(Executor):
         for task in self._stopping.values():
             task.cancel()
         loop = asyncio.get_running_loop()
-        for popen in self._children.values():
-            with contextlib.suppress(Exception):
-                loop.remove_reader(popen.pidfd)  # type: ignore[attr-defined]
-                os.close(popen.pidfd)  # type: ignore[attr-defined]
+        for pidfd in self._children.values():
+            if pidfd is not None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+        self._children.clear()
 
     # ---- starting -----------------------------------------------------------------------------
 
@@ -144,62 +150,69 @@ class LocalExecutor(Executor):
         log_path, exit_path = log_dir / f"{task.name}.log", log_dir / f"{task.name}.exit"
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()
-        popen = self._spawn(argv, env, cwd, log_path, exit_path)
+        pid = self._spawn(argv, env, cwd, log_path, exit_path)
         handle = {
-            "pid": popen.pid,
-            "create_time": _create_time(popen.pid),
+            "pid": pid,
+            "create_time": _create_time(pid),
             "log": str(log_path),
             "exit": str(exit_path),
             "node": self._node,
         }
-        return StartedTask(index=task.index, pid=popen.pid, node=self._node, handle=handle)
+        return StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
 
     def _spawn(
         self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, exit_path: Path
-    ) -> subprocess.Popen[bytes]:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    ) -> int:
+        """posix_spawn the supervisor in a new session; output appended to the log file."""
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ]
+        supervisor = ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), str(cwd)]
         try:
-            popen = subprocess.Popen(  # noqa: S603 - argv comes from the job's owner, by design
-                ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
+            pid = os.posix_spawn(
+                "/bin/sh", [*supervisor, *argv], env, file_actions=actions, setsid=True
             )
         except OSError as exc:
             raise StartFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
         finally:
             os.close(log_fd)
-        self._children[popen.pid] = popen
-        self._watch(popen)
-        return popen
+        self._children[pid] = self._watch(pid)
+        return pid
 
-    def _watch(self, popen: subprocess.Popen[bytes]) -> None:
+    def _watch(self, pid: int) -> int | None:
+        """Be told when `pid` exits (pidfd); without pidfd, poll() reaps it on the next pass."""
         try:
-            pidfd = os.pidfd_open(popen.pid)
-        except OSError:  # no pidfd (old kernel): poll() finds the exit on the next tick
-            return
-        popen.pidfd = pidfd  # type: ignore[attr-defined]
-        asyncio.get_running_loop().add_reader(pidfd, self._on_exit, popen)
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        asyncio.get_running_loop().add_reader(pidfd, self._on_exit, pid)
+        return pidfd
 
-    def _on_exit(self, popen: subprocess.Popen[bytes]) -> None:
-        pidfd: int = popen.pidfd  # type: ignore[attr-defined]
-        asyncio.get_running_loop().remove_reader(pidfd)
-        os.close(pidfd)
-        _signal_group(popen.pid, signal.SIGKILL)  # nothing of the task outlives it
-        self._reap(popen)
+    def _on_exit(self, pid: int) -> None:
+        _signal_group(pid, signal.SIGKILL)  # a zombie leader still holds its group: clean it out
+        self._reap(pid)
         self.wakeup()
 
-    def _reap(self, popen: subprocess.Popen[bytes]) -> int | None:
-        code = popen.poll()
-        if code is None:
+    def _reap(self, pid: int) -> int | None:
+        try:
+            waited, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            waited, status = pid, 255 << 8  # reaped elsewhere: the exit code is unknowable
+        if waited == 0:
             return None
+        code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, as a shell says
-        self._exited[popen.pid] = code
-        self._children.pop(popen.pid, None)
+        if pid in self._forgotten:
+            self._forgotten.discard(pid)
+        else:
+            self._exited[pid] = code
+        pidfd = self._children.pop(pid, None)
+        if pidfd is not None:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            os.close(pidfd)
         return code
 
     def _working_dir(self, placement: Placement) -> Path:
@@ -242,9 +255,8 @@ class LocalExecutor(Executor):
         pid = int(handle.get("pid", 0))
         if pid in self._exited:
             return TaskReport(TaskState.EXITED, self._exited[pid])
-        popen = self._children.get(pid)
-        if popen is not None:
-            code = self._reap(popen)
+        if pid in self._children:
+            code = self._reap(pid)
             if code is None:
                 return TaskReport(TaskState.RUNNING)
             return TaskReport(TaskState.EXITED, code)
