@@ -356,3 +356,12 @@ def test_follow_streams_until_the_task_ends(live_server: LiveServer, api: httpx.
     with api.stream("GET", f"/api/v1/jobs/{job['id']}/logs?follow=true") as response:
         text = "".join(response.iter_text())
     assert text == "first\nsecond\n"
+
+
+def test_jobs_inherit_no_file_descriptors_of_the_server(
+    live_server: LiveServer, api: httpx.Client
+) -> None:
+    job = submit(api, entrypoint=["ls", "/proc/self/fd"])
+    live_server.wait_state(job["id"], "SUCCEEDED")
+    fds = {int(fd) for fd in api.get(f"/api/v1/jobs/{job['id']}/logs").text.split()}
+    assert fds <= {0, 1, 2, 3}, fds  # stdin, stdout, stderr, and ls's own directory handle

@@ -171,6 +171,7 @@ class LocalExecutor(Executor):
             (os.POSIX_SPAWN_DUP2, log_fd, 2),
         ]
         supervisor = ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), str(cwd)]
+        _no_inheritance()
         try:
             pid = os.posix_spawn(
                 "/bin/sh", [*supervisor, *argv], env, file_actions=actions, setsid=True
@@ -304,6 +305,19 @@ class LocalExecutor(Executor):
         finally:
             self._stopping.pop(pid, None)
             self.wakeup()
+
+
+def _no_inheritance() -> None:
+    """Mark every descriptor above stderr close-on-exec, so no job inherits the server's files,
+    sockets or pipes: Python's own are, but C libraries (OpenSSL, libuv) may open some without."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def _check_program(program: str, path: str, cwd: Path) -> None:
