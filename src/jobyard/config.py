@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # Timing: every delay is configuration with a sane default.
     stop_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    reconcile_min_gap_seconds: Annotated[float, Field(ge=0)] = 0.005
     # Capacity of the local pool. None means: discover from this machine.
     cpus: float | None = None
     memory_mib: int | None = None

@@ -12,17 +12,17 @@ from jobyard.service import AuthService, JobService, LogService, User
 _bearer = HTTPBearer(auto_error=False, description="API token (see $JOBYARD_HOME/admin.token)")
 
 
-def _jobs(request: Request) -> JobService:
+async def _jobs(request: Request) -> JobService:
     service: JobService = request.app.state.jobs
     return service
 
 
-def _auth(request: Request) -> AuthService:
+async def _auth(request: Request) -> AuthService:
     service: AuthService = request.app.state.auth
     return service
 
 
-def _logs(request: Request) -> LogService:
+async def _logs(request: Request) -> LogService:
     service: LogService = request.app.state.logs
     return service
 

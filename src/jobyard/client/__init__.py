@@ -1,1 +1,57 @@
-"""The Python SDK: jobyard.Client over httpx. The CLI's only way to reach a server."""
+"""The Python SDK: `jobyard.client.Client` (and `AsyncClient`) over httpx. The CLI's only way
+to reach a server; it imports nothing of the server's internals.
+
+    from jobyard.client import Client
+
+    with Client() as jobyard:  # $JOBYARD_URL, $JOBYARD_TOKEN or the local admin token
+        job = jobyard.wait(jobyard.submit(["echo", "hello"]).id)
+        print(job.state, jobyard.logs(job.id))
+"""
+
+from jobyard.client.calls import Entrypoint, JobRef, ListFilters, SubmitOptions
+from jobyard.client.discovery import DEFAULT_URL, data_home, discover_token, discover_url
+from jobyard.client.errors import ApiError, ClientError, ServerUnreachable, WaitTimeout
+from jobyard.client.models import (
+    Event,
+    Health,
+    Job,
+    JobPage,
+    JobSpec,
+    JobState,
+    NewUser,
+    Resources,
+    StateChange,
+    Task,
+    User,
+)
+from jobyard.client.sdk import AsyncClient, AsyncLogStream, Client, LogStream
+
+__all__ = [
+    "DEFAULT_URL",
+    "ApiError",
+    "AsyncClient",
+    "AsyncLogStream",
+    "Client",
+    "ClientError",
+    "Entrypoint",
+    "Event",
+    "Health",
+    "Job",
+    "JobPage",
+    "JobRef",
+    "JobSpec",
+    "JobState",
+    "ListFilters",
+    "LogStream",
+    "NewUser",
+    "Resources",
+    "ServerUnreachable",
+    "StateChange",
+    "SubmitOptions",
+    "Task",
+    "User",
+    "WaitTimeout",
+    "data_home",
+    "discover_token",
+    "discover_url",
+]

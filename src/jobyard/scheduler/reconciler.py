@@ -1,8 +1,13 @@
 """The reconciler owns all slow work. `tick()` is one pass; `run()` loops it.
 
-A pass: poll the executor for every started task and record what ended; finish or begin
-stopping jobs accordingly; signal tasks of STOPPING jobs; enforce max_runtime; place queued
-jobs on free capacity and start them. The API only records intent and wakes this loop.
+A pass: refresh its view of the live jobs (SCHEDULED..STOPPING); poll the executor for their
+tasks and record what ended; finish jobs, or begin stopping the rest of a job whose worker
+failed; signal the tasks of STOPPING jobs; enforce max_runtime; place queued jobs on free
+capacity and start them. The API only records intent and wakes this loop.
+
+The live jobs are kept in memory between passes. A pass reloads only the jobs it changed or
+was told about (`wake(job_id)`), and all of them once per `reconcile_interval_seconds`, so a
+pass costs what changed, not how many jobs run. Writes are batched: a few statements per pass.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -19,8 +24,8 @@ from sqlalchemy import Connection
 
 from jobyard.config import Settings
 from jobyard.errors import JobyardError
-from jobyard.executors.base import Executor, StartedTask, StartFailed
-from jobyard.model import EventType, Job, JobState, Placement, TaskState, TerminationReason
+from jobyard.executors.base import Executor, StartedTask
+from jobyard.model import EventType, Job, JobSpec, JobState, Placement, TaskState, TerminationReason
 from jobyard.scheduler.outcome import Outcome, decide
 from jobyard.scheduler.policy import Free, place
 from jobyard.store import jobs as q
@@ -29,7 +34,7 @@ from jobyard.store.db import Database
 log = logging.getLogger(__name__)
 
 _WATCHED = (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
-_MAX_QUEUED_READ = 1000
+_MAX_QUEUED_READ = 256
 
 
 @dataclass(frozen=True)
@@ -52,110 +57,156 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._wake = asyncio.Event()
-        executor.set_wakeup(self.wake)
+        self._live: dict[int, Job] = {}
+        self._specs: dict[int, JobSpec] = {}  # specs never change: parse each once
+        self._dirty: set[int] = set()
+        self._queue_changed = True
+        self._next_full_reload = 0.0
+        executor.set_wakeup(self._wake.set)
 
-    def wake(self) -> None:
+    def wake(self, job_id: int | None = None) -> None:
+        """Ask for a pass: for a new submission (None) or a change to one job."""
+        if job_id is None:
+            self._queue_changed = True
+        else:
+            self._dirty.add(job_id)
         self._wake.set()
 
     async def run(self) -> None:
         await self.recover()
+        interval = self._settings.reconcile_interval_seconds
         while True:
             self._wake.clear()
+            started = time.monotonic()
             try:
                 await self.tick()
             except Exception:
                 log.exception("reconciler pass failed; retrying")
-                await asyncio.sleep(self._settings.reconcile_interval_seconds)
+                self._next_full_reload = 0.0
+                await asyncio.sleep(interval)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.reconcile_interval_seconds)
+                await asyncio.wait_for(self._wake.wait(), interval)
+            # Coalesce bursts (many submissions, many exits) into one pass.
+            await asyncio.sleep(
+                max(0.0, self._settings.reconcile_min_gap_seconds - (time.monotonic() - started))
+            )
 
     async def recover(self) -> None:
         """After a restart: a SCHEDULED job started nothing yet, so it goes back to the queue."""
 
         def requeue(conn: Connection) -> None:
-            for job_id in q.ids_in_states(conn, [JobState.SCHEDULED]):
-                q.transition(
-                    conn, job_id, q.Transition(JobState.QUEUED, "server restarted"), self._clock()
-                )
+            back = q.Transition(JobState.QUEUED, "server restarted before the job started")
+            ids = q.ids_in_states(conn, [JobState.SCHEDULED])
+            q.transition_many(conn, [(job_id, back) for job_id in ids], self._clock())
 
         await self._db.write(requeue)
 
     async def tick(self) -> None:
-        live = await self._db.read(lambda c: q.load_jobs(c, q.ids_in_states(c, _WATCHED)))
-        live = await self._observe(live)
-        await self._enforce(live)
-        await self._schedule(live)
+        full = await self._refresh()
+        await self._observe(full)
+        await self._enforce()
+        await self._schedule()
+
+    # ---- the live view ---------------------------------------------------------------------------
+
+    async def _refresh(self) -> bool:
+        """Reload everything when due (returns True), else only the jobs marked dirty."""
+        now = time.monotonic()
+        if now >= self._next_full_reload:
+            self._next_full_reload = now + self._settings.reconcile_interval_seconds
+            self._dirty.clear()
+            jobs = await self._db.read(self._load_all_live)
+            self._live = {job.id: job for job in jobs}
+            self._specs = {job.id: job.spec for job in jobs}
+            self._queue_changed = True
+            return True
+        if self._dirty:
+            ids, self._dirty = sorted(self._dirty), set()
+            await self._reload(ids)
+        return False
+
+    def _load_all_live(self, conn: Connection) -> list[Job]:
+        ids = q.ids_in_states(conn, _WATCHED)
+        return q.load_jobs(conn, ids, with_log=False, specs=self._specs)
+
+    async def _reload(self, ids: Iterable[int]) -> None:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return
+        jobs = await self._db.read(
+            lambda c: q.load_jobs(c, wanted, with_log=False, specs=self._specs)
+        )
+        found = {job.id: job for job in jobs}
+        for job_id in wanted:
+            job = found.get(job_id)
+            if job is not None and job.state in _WATCHED:
+                self._live[job_id] = job
+            else:
+                self._live.pop(job_id, None)
+                self._specs.pop(job_id, None)
 
     # ---- observe: what did the tasks do? -------------------------------------------------------
 
-    async def _observe(self, live: list[Job]) -> list[Job]:
+    async def _observe(self, full: bool) -> None:
         pairs = [
             (job, task)
-            for job in live
+            for job in self._live.values()
             for task in job.tasks
             if task.handle is not None and not task.state.is_finished()
         ]
         reports = await self._executor.poll([task.handle or {} for _, task in pairs])
-        changed: dict[int, Job] = {}
         now = self._clock()
+        exits: list[tuple[int, int, q.TaskUpdate]] = []
+        touched: dict[int, Job] = {}
         for (job, task), report in zip(pairs, reports, strict=True):
             if report.state in (TaskState.EXITED, TaskState.LOST):
                 task.state, task.exit_code = report.state, report.exit_code
-                task.finished_at = q.to_datetime(now)
-                changed[job.id] = job
-        decisions = {
-            job.id: decide(job)
-            for job in live
-            if job.state in (JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
-        }
-        acting = {i: d for i, d in decisions.items() if d is not None}
-        if changed or acting:
-            await self._db.write(lambda c: self._record(c, changed, acting, live, now))
-        finished = {i for i, d in acting.items() if d.final is not None}
-        for job in live:
-            if job.id in finished:
-                for task in job.tasks:
-                    if task.handle is not None:
-                        self._executor.release(task.handle, remove_files=False)
-        return [job for job in live if job.id not in finished]
+                update = q.TaskUpdate(
+                    state=report.state, exit_code=report.exit_code, finished_at=now
+                )
+                exits.append((job.id, task.index, update))
+                touched[job.id] = job
+        candidates = (
+            self._live.values()
+            if full
+            else [
+                *touched.values(),
+                *(j for j in self._live.values() if j.state is JobState.STOPPING),
+            ]
+        )
+        outcomes = {job.id: o for job in candidates if (o := decide(job)) is not None}
+        if not exits and not outcomes:
+            return
+        await self._db.write(partial(_record_outcomes, exits=exits, outcomes=outcomes, now=now))
+        for job_id, outcome in outcomes.items():
+            if outcome.final is not None:
+                self._release(self._live[job_id])
+                self._queue_changed = True
+        await self._reload([*touched, *outcomes])
 
-    def _record(
-        self,
-        conn: Connection,
-        changed: dict[int, Job],
-        acting: dict[int, Outcome],
-        live: list[Job],
-        now: float,
-    ) -> None:
-        by_id = {job.id: job for job in live}
-        for job in changed.values():
-            for task in job.tasks:
-                if task.state.is_finished() and task.finished_at is not None:
-                    q.update_task(
-                        conn,
-                        job.id,
-                        task.index,
-                        q.TaskUpdate(state=task.state, exit_code=task.exit_code, finished_at=now),
-                    )
-        for job_id, outcome in acting.items():
-            _guarded(conn, partial(_apply, job=by_id[job_id], outcome=outcome, now=now))
+    def _release(self, job: Job) -> None:
+        for task in job.tasks:
+            if task.handle is not None:
+                self._executor.release(task.handle, remove_files=False)
 
     # ---- enforce: stop what must stop ----------------------------------------------------------
 
-    async def _enforce(self, live: list[Job]) -> None:
+    async def _enforce(self) -> None:
         now = self._clock()
-        overdue = [
-            job
-            for job in live
-            if job.state is JobState.RUNNING
-            and job.started_at
-            and job.spec.max_runtime
-            and now - job.started_at.timestamp() > job.spec.max_runtime
-        ]
+        overdue = [job for job in self._live.values() if _is_overdue(job, now)]
         if overdue:
-            await self._db.write(partial(_stop_overdue, jobs=overdue, now=now))
+            stops = [
+                (
+                    job.id,
+                    TerminationReason.MAX_RUNTIME_EXCEEDED,
+                    f"ran longer than max_runtime ({job.spec.max_runtime:g} s)",
+                )
+                for job in overdue
+            ]
+            await self._db.write(partial(_begin_stops, stops=stops, now=now))
+            await self._reload(job.id for job in overdue)
         grace = self._settings.stop_grace_seconds
-        for job in live:
+        for job in self._live.values():
             if job.state is JobState.STOPPING:
                 for task in job.tasks:
                     if task.handle is not None and not task.state.is_finished():
@@ -163,135 +214,140 @@ class Reconciler:
 
     # ---- schedule: start what fits -------------------------------------------------------------
 
-    async def _schedule(self, live: list[Job]) -> None:
-        free = Free.of(self._executor.capacity(), live)
+    async def _schedule(self) -> None:
+        if not self._queue_changed:
+            return
+        self._queue_changed = False
+        free = Free.of(self._executor.capacity(), self._live.values())
         if free.tasks <= 0:
             return
         limit = min(free.tasks, _MAX_QUEUED_READ)
         queued = await self._db.read(
-            lambda c: q.load_jobs(c, q.ids_in_states(c, [JobState.QUEUED], limit=limit))
+            lambda c: q.load_jobs(
+                c,
+                q.ids_in_states(c, [JobState.QUEUED], limit=limit),
+                with_log=False,
+                specs=self._specs,
+            )
         )
         placements = place(queued, free)
+        if len(queued) == limit and placements:
+            self.wake()  # more may be waiting behind this window: look again
         if not placements:
             return
-        now = self._clock()
-        claimed = await self._db.write(partial(_claim_all, placements=placements, now=now))
-        started = [await self._start(p) for p in claimed]
+        claimed = await self._db.write(partial(_claim, placements=placements, now=self._clock()))
+        started = [await self._start(p) for p in placements if p.job_id in claimed]
         await self._db.write(partial(_record_starts, started=started, now=self._clock()))
+        await self._reload(p.job_id for p in placements)
+        for result in started:
+            if result.placement.job_id not in self._live:  # deleted while it was starting
+                for task in result.tasks:
+                    await self._executor.stop(task.handle, grace=0)
+                    self._executor.release(task.handle, remove_files=True)
 
     async def _start(self, placement: Placement) -> _Started:
         try:
             return _Started(placement, await self._executor.start(placement))
-        except (StartFailed, JobyardError) as exc:
+        except JobyardError as exc:  # StartFailed, ExecutorRefused
             return _Started(placement, [], exc.message)
 
 
-def _guarded(conn: Connection, fn: Callable[[Connection], object]) -> bool:
-    """Apply one job's change in its own savepoint; skip a job deleted or changed meanwhile."""
-    savepoint = conn.begin_nested()
-    try:
-        fn(conn)
-    except JobyardError as exc:
-        savepoint.rollback()
-        log.debug("skipped a change: %s", exc)
-        return False
-    savepoint.commit()
-    return True
-
-
-def _stop_overdue(conn: Connection, *, jobs: list[Job], now: float) -> None:
-    for job in jobs:
-        message = f"ran longer than max_runtime ({job.spec.max_runtime:g} s)"
-        why = TerminationReason.MAX_RUNTIME_EXCEEDED
-        if _guarded(conn, partial(_begin_stop, job=job, why=why, message=message, now=now)):
-            job.state = JobState.STOPPING
-
-
-def _claim_all(conn: Connection, *, placements: list[Placement], now: float) -> list[Placement]:
-    return [p for p in placements if _guarded(conn, partial(_claim, placement=p, now=now))]
-
-
-def _record_starts(conn: Connection, *, started: list[_Started], now: float) -> None:
-    for result in started:
-        _guarded(conn, partial(_record_start, started=result, now=now))
-
-
-def _apply(conn: Connection, *, job: Job, outcome: Outcome, now: float) -> None:
-    if outcome.final is not None:
-        q.transition(
-            conn,
-            job.id,
-            q.Transition(
-                outcome.final,
-                outcome.message,
-                termination=outcome.termination,
-                exit_code=outcome.exit_code,
-            ),
-            now,
+def _is_overdue(job: Job, now: float) -> bool:
+    limit = job.spec.max_runtime
+    started = job.started_at
+    return (
+        job.state is JobState.RUNNING
+        and bool(limit and started)
+        and (
+            now - started.timestamp() > (limit or 0)  # type: ignore[union-attr]
         )
-    elif outcome.stop_reason is not None:
-        _begin_stop(conn, job=job, why=outcome.stop_reason, message=outcome.message, now=now)
-        job.state = JobState.STOPPING
+    )
 
 
-def _begin_stop(
-    conn: Connection, job: Job, why: TerminationReason, message: str, now: float
+# ---- the writes of a pass: each one transaction, a few statements -------------------------------
+
+
+def _record_outcomes(
+    conn: Connection,
+    *,
+    exits: Sequence[tuple[int, int, q.TaskUpdate]],
+    outcomes: dict[int, Outcome],
+    now: float,
 ) -> None:
-    q.request_stop(conn, job.id, why, now)
-    event_type = EventType.NORMAL if why is TerminationReason.STOPPED_BY_USER else EventType.WARNING
-    q.transition(conn, job.id, q.Transition(JobState.STOPPING, message, event_type=event_type), now)
-    job.stop_reason = why
+    q.update_tasks(conn, exits)
+    finals = [
+        (job_id, q.Transition(o.final, o.message, termination=o.termination, exit_code=o.exit_code))
+        for job_id, o in outcomes.items()
+        if o.final is not None
+    ]
+    stops = [
+        (job_id, o.stop_reason, o.message)
+        for job_id, o in outcomes.items()
+        if o.final is None and o.stop_reason is not None
+    ]
+    q.transition_many(conn, finals, now)
+    _begin_stops(conn, stops=stops, now=now)
 
 
-def _claim(conn: Connection, *, placement: Placement, now: float) -> None:
-    q.transition(
+def _begin_stops(
+    conn: Connection, *, stops: Sequence[tuple[int, TerminationReason, str]], now: float
+) -> None:
+    q.request_stops(conn, [(job_id, why) for job_id, why, _ in stops], now)
+    changes = [
+        (job_id, q.Transition(JobState.STOPPING, message, event_type=EventType.WARNING))
+        for job_id, _, message in stops
+    ]
+    q.transition_many(conn, changes, now)
+
+
+def _claim(conn: Connection, *, placements: Sequence[Placement], now: float) -> set[int]:
+    changes = []
+    for p in placements:
+        changes.append((p.job_id, q.Transition(JobState.SCHEDULED, f"placed on {p.tasks[0].node}")))
+        changes.append(
+            (p.job_id, q.Transition(JobState.STARTING, f"starting {len(p.tasks)} task(s)"))
+        )
+    claimed = set(q.transition_many(conn, changes, now))
+    q.update_tasks(
         conn,
-        placement.job_id,
-        q.Transition(JobState.SCHEDULED, f"placed on {placement.tasks[0].node}"),
-        now,
+        [
+            (p.job_id, t.index, q.TaskUpdate(node=t.node, gpus=t.gpus))
+            for p in placements
+            if p.job_id in claimed
+            for t in p.tasks
+        ],
     )
-    for task in placement.tasks:
-        q.update_task(
-            conn, placement.job_id, task.index, q.TaskUpdate(node=task.node, gpus=task.gpus)
-        )
-    q.transition(
+    return claimed
+
+
+def _record_starts(conn: Connection, *, started: Sequence[_Started], now: float) -> None:
+    ok = [r for r in started if r.error is None]
+    q.update_tasks(
         conn,
-        placement.job_id,
-        q.Transition(JobState.STARTING, f"starting {len(placement.tasks)} task(s)"),
-        now,
+        [
+            (
+                r.placement.job_id,
+                t.index,
+                q.TaskUpdate(
+                    state=TaskState.RUNNING, pid=t.pid, node=t.node, started_at=now, handle=t.handle
+                ),
+            )
+            for r in ok
+            for t in r.tasks
+        ],
     )
-
-
-def _record_start(conn: Connection, *, started: _Started, now: float) -> None:
-    job_id = started.placement.job_id
-    if started.error is not None:
-        q.transition(
-            conn,
-            job_id,
-            q.Transition(
-                JobState.FAILED, started.error, termination=TerminationReason.START_FAILED
-            ),
-            now,
+    changes = [
+        (
+            r.placement.job_id,
+            q.Transition(JobState.FAILED, r.error, termination=TerminationReason.START_FAILED),
         )
-        return
-    for task in started.tasks:
-        q.update_task(
-            conn,
-            job_id,
-            task.index,
-            q.TaskUpdate(
-                state=TaskState.RUNNING,
-                pid=task.pid,
-                node=task.node,
-                started_at=now,
-                handle=task.handle,
-            ),
-        )
-    current = q.get_state(conn, job_id)
-    if current is JobState.STARTING:
-        q.transition(
-            conn, job_id, q.Transition(JobState.RUNNING, _started_message(started.tasks)), now
-        )
+        for r in started
+        if r.error is not None
+    ]
+    changes += [
+        (r.placement.job_id, q.Transition(JobState.RUNNING, _started_message(r.tasks))) for r in ok
+    ]
+    q.transition_many(conn, changes, now)
 
 
 def _started_message(tasks: Sequence[StartedTask]) -> str:

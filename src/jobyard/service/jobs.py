@@ -74,7 +74,7 @@ class JobService:
         db: Database,
         executor: Executor,
         settings: Settings,
-        wake: Callable[[], None],
+        wake: Callable[[int | None], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
@@ -98,27 +98,36 @@ class JobService:
             labels=request.labels,
             spec=request.spec,
         )
-        try:
-            job_id, created = await self._db.write(lambda c: self._insert_once(c, new))
-        except IntegrityError as exc:  # a concurrent twin won the race on another connection
-            if not q.is_duplicate_submission(exc):
-                raise
-            job_id, created = await self._db.write(lambda c: self._insert_once(c, new))
-        if created:
-            self._wake()
-        return Submitted(await self._load(job_id), created)
+        outcome = await self._write_once(new)
+        if isinstance(outcome, Job):
+            self._wake(None)
+            return Submitted(outcome, created=True)
+        return Submitted(await self._load(outcome), created=False)
 
-    def _insert_once(self, conn: Connection, new: q.NewJob) -> tuple[int, bool]:
+    async def _write_once(self, new: q.NewJob) -> Job | int:
+        for attempt in range(3):
+            try:
+                return await self._db.write(lambda c: self._insert_once(c, new))
+            except IntegrityError:  # a display_id clash, or a twin on another server: again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _insert_once(self, conn: Connection, new: q.NewJob) -> Job | int:
+        """The new job, or the id of the job this submission_id already made."""
+        job = q.insert_new_job_if_absent(conn, new, self._clock())
+        if job is not None:
+            return job
         found = q.find_by_submission(conn, new.owner, new.submission_id)
-        if found is None:
-            return q.insert_job(conn, new, self._clock()), True
+        if found is None:  # the twin was deleted in between: the key is free again
+            return q.insert_new_job(conn, new, self._clock())
         job_id, fingerprint = found
         if fingerprint != new.request_hash:
             raise Conflict(
                 f"submission_id {new.submission_id!r} was already used for a different job",
                 field="submission_id",
             )
-        return job_id, False
+        return job_id
 
     def _check_runnable(self, spec: JobSpec) -> None:
         self._executor.check_spec_supported(spec)
@@ -129,8 +138,11 @@ class JobService:
     # ---- read ---------------------------------------------------------------------------------
 
     async def get(self, user: User, ref: str) -> Job:
-        job_id = await self._resolve(user, ref)
-        return await self._load(job_id)
+        scope = None if user.is_admin else user.name
+        job = await self._db.read(lambda c: q.find_job(c, ref, scope))
+        if job is None:
+            raise NotFound(f"job {ref!r} not found", field="job")
+        return job
 
     async def list_jobs(self, user: User, query: JobQuery) -> q.JobPage:
         if not 1 <= query.limit <= MAX_PAGE:
@@ -174,7 +186,7 @@ class JobService:
         """Record the intent; the reconciler signals the processes. Idempotent while stopping."""
         job_id = await self._resolve(user, ref)
         await self._db.write(lambda c: self._stop(c, job_id))
-        self._wake()
+        self._wake(job_id)
         return await self._load(job_id)
 
     def _stop(self, conn: Connection, job_id: int) -> None:
@@ -215,4 +227,4 @@ class JobService:
                     await self._executor.stop(task.handle, grace=0)
                 self._executor.release(task.handle, remove_files=True)
         await self._db.write(lambda c: q.delete_job(c, job.id))
-        self._wake()
+        self._wake(job.id)

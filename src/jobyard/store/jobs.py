@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from jobyard.errors import NotFound
@@ -30,11 +43,40 @@ from jobyard.model import (
     check_transition,
     event_for,
 )
+from jobyard.model.state import can_transition
 from jobyard.store.tables import EventRow, JobLabelRow, JobRow, StateLogRow, TaskRow
 
 _DISPLAY_ALPHABET = string.ascii_letters + string.digits
 _DISPLAY_LEN = 6
 _MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns on PostgreSQL
+
+# Hot-path statements are built once; values travel as parameters, so each execution is a
+# compile-cache hit with no per-value coercion (several times cheaper than .values(...)).
+_JOBS = cast(Table, JobRow.__table__)
+_TASKS = cast(Table, TaskRow.__table__)
+_LOG = cast(Table, StateLogRow.__table__)
+_EVENTS = cast(Table, EventRow.__table__)
+_INSERT_JOB = insert(_JOBS).returning(_JOBS.c.id)
+_INSERT_JOB_IF_ABSENT = {
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(_JOBS)
+    .on_conflict_do_nothing(index_elements=["owner", "submission_id"])
+    .returning(_JOBS.c.id)
+    for dialect in (sqlite, postgresql)
+}
+_INSERT_TASKS = insert(_TASKS)
+_INSERT_LABELS = insert(cast(Table, JobLabelRow.__table__))
+_INSERT_LOG = insert(_LOG).returning(_LOG.c.id)
+_INSERT_LOGS = insert(_LOG)
+_INSERT_EVENT = insert(_EVENTS)
+_FIND_SUBMISSION = select(_JOBS.c.id, _JOBS.c.request_hash).where(
+    _JOBS.c.owner == bindparam("owner"), _JOBS.c.submission_id == bindparam("submission_id")
+)
+_STATE = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("job_id"))
+_STATE_FOR_UPDATE = _STATE.with_for_update()
+_UPDATE_JOB = update(_JOBS).where(_JOBS.c.id == bindparam("job_id_"))
+_UPDATE_TASK = update(_TASKS).where(
+    _TASKS.c.job_id == bindparam("job_id_"), _TASKS.c.idx == bindparam("idx_")
+)
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -42,7 +84,7 @@ def to_datetime(ts: float | None) -> datetime | None:
 
 
 def new_display_id() -> str:
-    return "".join(secrets.choice(_DISPLAY_ALPHABET) for _ in range(_DISPLAY_LEN))
+    return "".join(_DISPLAY_ALPHABET[b % 62] for b in secrets.token_bytes(_DISPLAY_LEN))
 
 
 @dataclass(frozen=True)
@@ -106,11 +148,27 @@ class TaskUpdate:
 
 
 def insert_job(conn: Connection, new: NewJob, now: float) -> int:
-    """Insert a QUEUED job with its tasks, labels, first state-log entry and event."""
-    for _attempt in range(8):
-        display_id = new_display_id()
-        if conn.execute(select(JobRow.id).where(JobRow.display_id == display_id)).first() is None:
-            break
+    return insert_new_job(conn, new, now).id
+
+
+def insert_new_job(conn: Connection, new: NewJob, now: float) -> Job:
+    """Insert a QUEUED job with its tasks, labels, first state-log entry and event.
+    A duplicate (owner, submission_id) raises IntegrityError."""
+    job = _insert(conn, new, now, _INSERT_JOB)
+    if job is None:  # pragma: no cover - a plain INSERT either returns the id or raises
+        raise NotFound("the job was not inserted")
+    return job
+
+
+def insert_new_job_if_absent(conn: Connection, new: NewJob, now: float) -> Job | None:
+    """As insert_new_job, but a job with the same owner and submission_id makes this a no-op
+    returning None: one statement, no lookup first."""
+    return _insert(conn, new, now, _INSERT_JOB_IF_ABSENT[conn.dialect.name])
+
+
+def _insert(conn: Connection, new: NewJob, now: float, statement: Any) -> Job | None:
+    # A display_id clash (1 in 56 billion per pair) raises IntegrityError: callers retry.
+    display_id = new_display_id()
     values = {
         "display_id": display_id,
         "owner": new.owner,
@@ -127,9 +185,12 @@ def insert_job(conn: Connection, new: NewJob, now: float) -> int:
         "created_at": now,
         "updated_at": now,
     }
-    job_id = int(conn.execute(insert(JobRow).values(values).returning(JobRow.id)).scalar_one())
+    inserted = conn.execute(statement, values).scalar_one_or_none()
+    if inserted is None:
+        return None
+    job_id = int(inserted)
     conn.execute(
-        insert(TaskRow),
+        _INSERT_TASKS,
         [
             {
                 "job_id": job_id,
@@ -143,20 +204,16 @@ def insert_job(conn: Connection, new: NewJob, now: float) -> int:
     )
     if new.labels:
         conn.execute(
-            insert(JobLabelRow),
+            _INSERT_LABELS,
             [{"job_id": job_id, "key": k, "value": v} for k, v in new.labels.items()],
         )
-    _log_state(conn, job_id, JobState.QUEUED, now)
+    log_id = _log_state(conn, job_id, JobState.QUEUED, now)
     add_event(conn, job_id, EventType.NORMAL, "Queued", f"job queued in {new.queue!r}", now)
-    return job_id
+    return new_job_to_job(new, job_id, display_id, now, log_id)
 
 
 def find_by_submission(conn: Connection, owner: str, submission_id: str) -> tuple[int, str] | None:
-    row = conn.execute(
-        select(JobRow.id, JobRow.request_hash).where(
-            JobRow.owner == owner, JobRow.submission_id == submission_id
-        )
-    ).first()
+    row = conn.execute(_FIND_SUBMISSION, {"owner": owner, "submission_id": submission_id}).first()
     return None if row is None else (row.id, row.request_hash)
 
 
@@ -177,69 +234,132 @@ class Transition:
 
 
 def transition(conn: Connection, job_id: int, change: Transition, now: float) -> JobState:
-    """Move a job to `change.target`: checked against the table, logged, and evented."""
-    query = select(JobRow.state).where(JobRow.id == job_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    current = conn.execute(query).scalar_one_or_none()
+    """Move a job to `change.target`: checked against the table, logged, and evented.
+    Raises NotFound or Conflict (an illegal edge); nothing is written then."""
+    query = _STATE_FOR_UPDATE if conn.dialect.name == "postgresql" else _STATE
+    current = conn.execute(query, {"job_id": job_id}).scalar_one_or_none()
     if current is None:
         raise NotFound(f"job {job_id} not found")
     check_transition(JobState(current), change.target)
+    conn.execute(_UPDATE_JOB, {"job_id_": job_id, **_job_values(change, now)})
+    _log_state(conn, job_id, change.target, now)
+    conn.execute(_INSERT_EVENT, _event_row(job_id, change, now))
+    return JobState(current)
+
+
+def transition_many(
+    conn: Connection, changes: Sequence[tuple[int, Transition]], now: float
+) -> list[int]:
+    """Apply many changes in a few statements. Changes to one job apply in order; a change the
+    table forbids from the job's state at that point (or to a job that is gone) is skipped.
+    Returns the ids of the jobs that changed."""
+    if not changes:
+        return []
+    ids = sorted({job_id for job_id, _ in changes})
+    query = select(_JOBS.c.id, _JOBS.c.state).where(_JOBS.c.id.in_(ids))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    current = {row.id: JobState(row.state) for row in conn.execute(query)}
+    updates: dict[int, dict[str, Any]] = {}
+    logs, events, applied = [], [], []
+    for job_id, change in changes:
+        state = current.get(job_id)
+        if state is None or not can_transition(state, change.target):
+            continue
+        current[job_id] = change.target
+        updates.setdefault(job_id, {}).update(_job_values(change, now))
+        logs.append({"job_id": job_id, "state": change.target.value, "timestamp": now})
+        events.append(_event_row(job_id, change, now))
+        applied.append(job_id)
+    _execute_grouped(conn, _UPDATE_JOB, [{"job_id_": i, **v} for i, v in updates.items()])
+    if logs:
+        conn.execute(_INSERT_LOGS, logs)
+        conn.execute(_INSERT_EVENT, events)
+    return list(dict.fromkeys(applied))
+
+
+def _job_values(change: Transition, now: float) -> dict[str, Any]:
     values: dict[str, Any] = {"state": change.target.value, "updated_at": now}
     if change.target is JobState.RUNNING:
         values["started_at"] = now
     if change.target.is_terminal():
-        values.update(finished_at=now, exit_code=change.exit_code)
+        values.update(finished_at=now, exit_code=change.exit_code, message=change.message)
         values["reason"] = change.termination.value if change.termination else None
-        values["message"] = change.message
-    conn.execute(update(JobRow).where(JobRow.id == job_id).values(values))
-    _log_state(conn, job_id, change.target, now)
+    return values
+
+
+def _event_row(job_id: int, change: Transition, now: float) -> dict[str, Any]:
     default_type, default_reason = event_for(change.target)
-    add_event(
-        conn,
-        job_id,
-        change.event_type or default_type,
-        change.reason or default_reason,
-        change.message or default_reason,
-        now,
-    )
-    return JobState(current)
+    return {
+        "job_id": job_id,
+        "type": (change.event_type or default_type).value,
+        "reason": change.reason or default_reason,
+        "message": change.message or default_reason,
+        "timestamp": now,
+    }
+
+
+def _execute_grouped(conn: Connection, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """executemany, once per set of columns (an UPDATE's SET clause follows its parameters)."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(frozenset(row), []).append(row)
+    for group in groups.values():
+        conn.execute(statement, group)
 
 
 def get_state(conn: Connection, job_id: int) -> JobState | None:
-    state = conn.execute(select(JobRow.state).where(JobRow.id == job_id)).scalar_one_or_none()
+    state = conn.execute(_STATE, {"job_id": job_id}).scalar_one_or_none()
     return None if state is None else JobState(state)
 
 
 def request_stop(conn: Connection, job_id: int, reason: TerminationReason, now: float) -> None:
-    conn.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id)
-        .values(stop_requested_at=now, stop_reason=reason.value, updated_at=now)
-    )
+    request_stops(conn, [(job_id, reason)], now)
+
+
+def request_stops(
+    conn: Connection, stops: Sequence[tuple[int, TerminationReason]], now: float
+) -> None:
+    """Record why jobs are to stop (the reason decides their final state)."""
+    rows = [
+        {"job_id_": job_id, "stop_requested_at": now, "stop_reason": why.value, "updated_at": now}
+        for job_id, why in stops
+    ]
+    if rows:
+        conn.execute(_UPDATE_JOB, rows)
 
 
 def update_task(conn: Connection, job_id: int, index: int, change: TaskUpdate) -> None:
-    values = change.as_values()
-    if not values:
-        return
-    conn.execute(
-        update(TaskRow).where(TaskRow.job_id == job_id, TaskRow.idx == index).values(values)
-    )
+    update_tasks(conn, [(job_id, index, change)])
+
+
+def update_tasks(conn: Connection, changes: Sequence[tuple[int, int, TaskUpdate]]) -> None:
+    rows = [
+        {"job_id_": job_id, "idx_": index, **values}
+        for job_id, index, change in changes
+        if (values := change.as_values())
+    ]
+    _execute_grouped(conn, _UPDATE_TASK, rows)
 
 
 def add_event(
     conn: Connection, job_id: int, type_: EventType, reason: str, message: str, now: float
 ) -> None:
     conn.execute(
-        insert(EventRow).values(
-            job_id=job_id, type=type_.value, reason=reason, message=message, timestamp=now
-        )
+        _INSERT_EVENT,
+        {
+            "job_id": job_id,
+            "type": type_.value,
+            "reason": reason,
+            "message": message,
+            "timestamp": now,
+        },
     )
 
 
-def _log_state(conn: Connection, job_id: int, state: JobState, now: float) -> None:
-    conn.execute(insert(StateLogRow).values(job_id=job_id, state=state.value, timestamp=now))
+def _log_state(conn: Connection, job_id: int, state: JobState, now: float) -> int:
+    row = {"job_id": job_id, "state": state.value, "timestamp": now}
+    return int(conn.execute(_INSERT_LOG, row).scalar_one())
 
 
 def delete_job(conn: Connection, job_id: int) -> None:
@@ -270,23 +390,35 @@ def get_job(conn: Connection, job_id: int) -> Job | None:
     return jobs[0] if jobs else None
 
 
-def load_jobs(conn: Connection, ids: Sequence[int]) -> list[Job]:
-    """Load whole jobs (tasks and state log included) in the order of `ids`."""
+def find_job(conn: Connection, ref: str, owner: str | None) -> Job | None:
+    """resolve_ref and get_job in one go."""
+    job_id = resolve_ref(conn, ref, owner)
+    return None if job_id is None else get_job(conn, job_id)
+
+
+def load_jobs(
+    conn: Connection,
+    ids: Sequence[int],
+    *,
+    with_log: bool = True,
+    specs: MutableMapping[int, JobSpec] | None = None,
+) -> list[Job]:
+    """Load whole jobs in the order of `ids`. `specs` caches parsed specs (they never change)."""
     if not ids:
         return []
     rows = conn.execute(select(JobRow).where(JobRow.id.in_(ids))).all()
-    tasks = _group(
-        conn.execute(
-            select(TaskRow).where(TaskRow.job_id.in_(ids)).order_by(TaskRow.job_id, TaskRow.idx)
-        ).all()
+    task_query = (
+        select(TaskRow).where(TaskRow.job_id.in_(ids)).order_by(TaskRow.job_id, TaskRow.idx)
     )
-    log = _group(
-        conn.execute(
-            select(StateLogRow).where(StateLogRow.job_id.in_(ids)).order_by(StateLogRow.id)
-        ).all()
-    )
+    tasks = _group(conn.execute(task_query).all())
+    log: dict[int, list[Row[Any]]] = {}
+    if with_log:
+        log_query = select(StateLogRow).where(StateLogRow.job_id.in_(ids)).order_by(StateLogRow.id)
+        log = _group(conn.execute(log_query).all())
+    cache: MutableMapping[int, JobSpec] = {} if specs is None else specs
     by_id = {
-        row.id: job_row_to_job(row, tasks.get(row.id, []), log.get(row.id, [])) for row in rows
+        row.id: job_row_to_job(row, tasks.get(row.id, []), log.get(row.id, []), cache)
+        for row in rows
     }
     return [by_id[i] for i in ids if i in by_id]
 
@@ -364,8 +496,21 @@ def list_events(conn: Connection, job_id: int) -> list[Event]:
     ]
 
 
-def job_row_to_job(row: Row[Any], tasks: Sequence[Row[Any]], log: Sequence[Row[Any]]) -> Job:
-    return Job(
+def _spec(row: Row[Any], cache: MutableMapping[int, JobSpec]) -> JobSpec:
+    spec = cache.get(row.id)
+    if spec is None:
+        spec = cache[row.id] = JobSpec.model_validate(row.spec)
+    return spec
+
+
+def job_row_to_job(
+    row: Row[Any],
+    tasks: Sequence[Row[Any]],
+    log: Sequence[Row[Any]],
+    specs: MutableMapping[int, JobSpec],
+) -> Job:
+    # Rows were validated on the way in: construct without validating again (it is the hot path).
+    return Job.model_construct(
         id=row.id,
         display_id=row.display_id,
         submission_id=row.submission_id,
@@ -375,7 +520,7 @@ def job_row_to_job(row: Row[Any], tasks: Sequence[Row[Any]], log: Sequence[Row[A
         pool=row.pool,
         priority=row.priority,
         labels=row.labels,
-        spec=JobSpec.model_validate(row.spec),
+        spec=_spec(row, specs),
         state=JobState(row.state),
         reason=TerminationReason(row.reason) if row.reason else None,
         message=row.message,
@@ -388,7 +533,7 @@ def job_row_to_job(row: Row[Any], tasks: Sequence[Row[Any]], log: Sequence[Row[A
         stop_reason=TerminationReason(row.stop_reason) if row.stop_reason else None,
         tasks=[task_row_to_task(t) for t in tasks],
         state_log=[
-            StateLogEntry(
+            StateLogEntry.model_construct(
                 id=e.id, state=JobState(e.state), timestamp=datetime.fromtimestamp(e.timestamp, UTC)
             )
             for e in log
@@ -396,8 +541,35 @@ def job_row_to_job(row: Row[Any], tasks: Sequence[Row[Any]], log: Sequence[Row[A
     )
 
 
+def new_job_to_job(new: NewJob, job_id: int, display_id: str, now: float, log_id: int) -> Job:
+    """The job `insert_job` just stored, without reading it back."""
+    created = datetime.fromtimestamp(now, UTC)
+    return Job.model_construct(
+        id=job_id,
+        display_id=display_id,
+        submission_id=new.submission_id,
+        name=new.name,
+        owner=new.owner,
+        queue=new.queue,
+        pool=new.pool,
+        priority=new.priority,
+        labels=new.labels,
+        spec=new.spec,
+        state=JobState.QUEUED,
+        created_at=created,
+        updated_at=created,
+        tasks=[
+            Task.model_construct(index=i, name=f"{display_id}-worker-{i}")
+            for i in range(new.spec.replicas)
+        ],
+        state_log=[
+            StateLogEntry.model_construct(id=log_id, state=JobState.QUEUED, timestamp=created)
+        ],
+    )
+
+
 def task_row_to_task(row: Row[Any]) -> Task:
-    return Task(
+    return Task.model_construct(
         index=row.idx,
         name=row.name,
         state=TaskState(row.state),

@@ -24,8 +24,12 @@ class JobCreate(JobSpec):
     submission_id: SubmissionId | None = None
 
     def to_request(self) -> JobRequest:
-        spec = JobSpec.model_validate(self.model_dump(include=_SPEC_FIELDS, exclude_unset=True))
-        return JobRequest(
+        # Every field was validated on the way in: build the core request without doing it twice.
+        spec = JobSpec.model_construct(
+            _fields_set=self.model_fields_set & _SPEC_FIELDS,
+            **{name: getattr(self, name) for name in _SPEC_FIELDS},
+        )
+        return JobRequest.model_construct(
             spec=spec,
             name=self.name,
             queue=self.queue,

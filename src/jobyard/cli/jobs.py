@@ -1,0 +1,224 @@
+"""Job commands: submit · list · status · logs · stop · delete · wait · events (all via the SDK)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jobyard.cli import render
+from jobyard.cli.session import open_client
+from jobyard.client import Client, Job, JobState, ListFilters, Resources, SubmitOptions
+
+RefArg = Annotated[str, typer.Argument(help="job id, display id or submission id")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+ALL_PAGE_SIZE = 500  # the server's largest page
+
+
+# ---- arguments --------------------------------------------------------------------------------
+
+
+def parse_pairs(items: list[str] | None, option: str) -> dict[str, str] | None:
+    """['K=V', ...] as a dict; a usage error (exit 2) names the option of a malformed item."""
+    pairs: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        pairs[key] = value
+    return pairs or None
+
+
+def parse_label_filters(items: list[str] | None) -> dict[str, str | None] | None:
+    """`key=value` matches that value; a bare `key` matches any value."""
+    labels = {
+        key: value if sep else None for key, sep, value in (i.partition("=") for i in items or ())
+    }
+    return labels or None
+
+
+def entrypoint_of(command: list[str]) -> str | list[str]:
+    """One argument with spaces is a shell string; anything else is an argv list."""
+    if len(command) == 1 and any(c.isspace() for c in command[0]):
+        return command[0]
+    return command
+
+
+def resources_of(cpus: float | None, memory: str | None, gpus: int | None) -> Resources | None:
+    given = {"cpus": cpus, "memory": memory, "gpus": gpus}
+    chosen = {key: value for key, value in given.items() if value is not None}
+    return Resources.model_validate(chosen) if chosen else None
+
+
+def exit_status(job: Job) -> int:
+    """The job's exit code as a shell reports it; 1 for a failure that has none."""
+    code = job.exit_code
+    if job.state is JobState.SUCCEEDED:
+        return 0
+    if code is not None and 0 < code < 256:
+        return code
+    return 1
+
+
+def summary(job: Job) -> str:
+    line = f"job {job.id} ({job.display_id}) {job.state.value}"
+    if job.exit_code is not None:
+        line += f", exit code {job.exit_code}"
+    return f"{line}: {job.message}" if job.message and job.state is not JobState.SUCCEEDED else line
+
+
+def stream_logs(client: Client, ref: str | int, task: str | None, tail: int | None) -> None:
+    with client.follow_logs(ref, task=task, tail=tail) as stream:
+        for text in stream:
+            render.write_raw(text)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def submit(
+    ctx: typer.Context,
+    command: Annotated[
+        list[str],
+        typer.Argument(help="the command and its arguments, after --", metavar="COMMAND"),
+    ],
+    name: Annotated[str | None, typer.Option(help="job name")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="K=V; repeatable")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per replica")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPUs per replica")] = None,
+    memory: Annotated[str | None, typer.Option(help="per replica: MiB, or e.g. 4GiB")] = None,
+    replicas: Annotated[int | None, typer.Option(help="number of workers")] = None,
+    queue: Annotated[str | None, typer.Option(help="queue name")] = None,
+    priority: Annotated[int | None, typer.Option(help="higher runs first")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="k=v; repeatable")] = None,
+    submission_id: Annotated[str | None, typer.Option(help="idempotency key")] = None,
+    max_runtime: Annotated[float | None, typer.Option(help="seconds before it is failed")] = None,
+    workdir: Annotated[str | None, typer.Option(help="working directory of the job")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="stream the logs, then exit with the job's exit code")
+    ] = False,
+) -> None:
+    """Submit a job: `jobyard submit [OPTIONS] -- COMMAND [ARGS]...`.
+
+    One argument containing spaces runs as a shell string (`-- "make && make test"`).
+    With --wait, stdout carries only the job's output (the first task's)."""
+    options: SubmitOptions = {
+        "name": name,
+        "env": parse_pairs(env, "--env"),
+        "working_dir": workdir,
+        "resources": resources_of(cpus, memory, gpus),
+        "replicas": replicas,
+        "queue": queue,
+        "priority": priority,
+        "labels": parse_pairs(label, "--label"),
+        "submission_id": submission_id,
+        "max_runtime": max_runtime,
+    }
+    client = open_client(ctx)
+    job = client.submit(entrypoint_of(command), **options)
+    if not wait:
+        print(f"submitted job {job.id} ({job.display_id})")
+        return
+    render.note(f"submitted job {job.id} ({job.display_id})")
+    stream_logs(client, job.id, None, None)
+    done = client.wait(job.id)
+    render.note(summary(done))
+    raise typer.Exit(exit_status(done))
+
+
+def list_jobs(
+    ctx: typer.Context,
+    state: Annotated[
+        list[str] | None, typer.Option(help="QUEUED, RUNNING, ...; repeatable or a,b")
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
+    owner: Annotated[str | None, typer.Option(help="only this owner (admins)")] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", help="name contains")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="k=v or k; repeatable")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=ALL_PAGE_SIZE, help="jobs to show")] = 50,
+    all_pages: Annotated[bool, typer.Option("--all", help="page through every job")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    filters: ListFilters = {
+        "state": state,
+        "queue": queue,
+        "owner": owner,
+        "q": query,
+        "labels": parse_label_filters(label),
+        "limit": ALL_PAGE_SIZE if all_pages else limit,
+    }
+    client = open_client(ctx)
+    if all_pages:
+        jobs = list(client.iter_jobs(**filters))
+        total, next_cursor = len(jobs), None
+    else:
+        page = client.list(**filters)
+        jobs, total, next_cursor = page.items, page.total, page.next_cursor
+    if as_json:
+        items = [job.model_dump(mode="json") for job in jobs]
+        render.show_json({"items": items, "next_cursor": next_cursor, "total": total})
+        return
+    render.show(render.jobs_table(jobs))
+    if total > len(jobs):
+        render.note(f"showing {len(jobs)} of {total} jobs (use --all or --limit)")
+
+
+def status(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
+    """A job's details, state log and tasks."""
+    job = open_client(ctx).get(ref)
+    if as_json:
+        render.show_json(job.model_dump(mode="json"))
+    else:
+        render.show(*render.job_details(job))
+
+
+def logs(
+    ctx: typer.Context,
+    ref: RefArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until it ends")] = False,
+    tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines")] = None,
+    task: Annotated[str | None, typer.Option(help="task index or name (default: first)")] = None,
+) -> None:
+    """A task's output, as written."""
+    client = open_client(ctx)
+    if follow:
+        stream_logs(client, ref, task, tail)
+    else:
+        render.write_raw(client.logs(ref, task=task, tail=tail))
+
+
+def stop(ctx: typer.Context, ref: RefArg) -> None:
+    """Stop a job (SIGTERM, then SIGKILL after the server's grace period)."""
+    job = open_client(ctx).stop(ref)
+    print(f"job {job.id} ({job.display_id}) {job.state.value}")
+
+
+def delete(
+    ctx: typer.Context,
+    ref: RefArg,
+    force: Annotated[bool, typer.Option("--force", help="also stop it if it is live")] = False,
+) -> None:
+    """Delete a finished job and its logs."""
+    open_client(ctx).delete(ref, force=force)
+    print(f"deleted job {ref}")
+
+
+def wait(
+    ctx: typer.Context,
+    ref: RefArg,
+    timeout: Annotated[float | None, typer.Option(min=0, help="give up after S seconds")] = None,
+) -> None:
+    """Wait until a job ends; exit with its exit code."""
+    job = open_client(ctx).wait(ref, timeout=timeout)
+    print(summary(job))
+    raise typer.Exit(exit_status(job))
+
+
+def events(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:
+    """A job's events, oldest first."""
+    found = open_client(ctx).events(ref)
+    if as_json:
+        render.show_json([event.model_dump(mode="json") for event in found])
+    else:
+        render.show(render.events_table(found))

@@ -1,0 +1,155 @@
+"""How SDK results look in a terminal (Rich) and as JSON. Colour lives here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from jobyard.client import Event, Job, JobState, Task
+
+_STATE_STYLES = {
+    JobState.QUEUED: "yellow",
+    JobState.SCHEDULED: "yellow",
+    JobState.STARTING: "cyan",
+    JobState.RUNNING: "blue",
+    JobState.STOPPING: "magenta",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "bold red",
+    JobState.STOPPED: "magenta",
+}
+
+
+def show(*renderables: RenderableType) -> None:
+    # A Console per call: it looks up the current sys.stdout (and its width) each time.
+    Console(highlight=False, soft_wrap=False).print(*renderables)
+
+
+def show_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def write_raw(text: str) -> None:
+    """Log output exactly as received: no markup, no wrapping, flushed at once."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """A line about what happened, on stderr (stdout stays the data)."""
+    print(message, file=sys.stderr)
+
+
+def state(value: JobState) -> Text:
+    return Text(value.value, style=_STATE_STYLES.get(value, ""))
+
+
+def when(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _text(value: object) -> Text:
+    # Text, not str: user data (names, messages) must never be read as Rich markup.
+    return Text("" if value is None else str(value))
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def jobs_table(jobs: Iterable[Job]) -> Table:
+    table = _table("ID", "DISPLAY", "NAME", "STATE", "QUEUE", "OWNER", "CREATED", "EXIT")
+    for job in jobs:
+        table.add_row(
+            _text(job.id),
+            _text(job.display_id),
+            _text(job.name),
+            state(job.state),
+            _text(job.queue),
+            _text(job.owner),
+            _text(when(job.created_at)),
+            _text(job.exit_code),
+        )
+    return table
+
+
+def events_table(events: Sequence[Event]) -> Table:
+    table = _table("TIME", "TYPE", "REASON", "MESSAGE")
+    for event in events:
+        style = "red" if event.type == "Warning" else ""
+        table.add_row(
+            _text(when(event.timestamp)),
+            Text(event.type, style=style),
+            _text(event.reason),
+            _text(event.message),
+        )
+    return table
+
+
+def job_details(job: Job) -> list[RenderableType]:
+    """`status`: the job's facts, its state log and its tasks."""
+    return [
+        Text(f"Job {job.id} ({job.display_id})", style="bold"),
+        _facts(job),
+        Text("\nState log", style="bold"),
+        _state_log(job),
+        Text("\nTasks", style="bold"),
+        _tasks(job.tasks),
+    ]
+
+
+def _facts(job: Job) -> Table:
+    entrypoint = job.spec.entrypoint
+    facts: list[tuple[str, Text]] = [
+        ("Name", _text(job.name)),
+        ("Submission", _text(job.submission_id)),
+        ("Owner", _text(job.owner)),
+        ("Queue", _text(f"{job.queue} (priority {job.priority})")),
+        ("State", state(job.state)),
+        ("Reason", _text(job.reason)),
+        ("Message", _text(job.message)),
+        ("Exit code", _text(job.exit_code)),
+        (
+            "Entrypoint",
+            _text(entrypoint if isinstance(entrypoint, str) else json.dumps(entrypoint)),
+        ),
+        ("Labels", _text(", ".join(f"{k}={v}" for k, v in job.labels.items()))),
+        ("Created", _text(when(job.created_at))),
+        ("Started", _text(when(job.started_at))),
+        ("Finished", _text(when(job.finished_at))),
+    ]
+    grid = Table.grid(padding=(0, 2))
+    for label, value in facts:
+        grid.add_row(Text(label, style="dim"), value)
+    return grid
+
+
+def _state_log(job: Job) -> Table:
+    table = _table("STATE", "SINCE")
+    for change in job.state_log:
+        table.add_row(state(change.state), _text(when(change.timestamp)))
+    return table
+
+
+def _tasks(tasks: Sequence[Task]) -> Table:
+    table = _table("INDEX", "NAME", "STATE", "NODE", "PID", "GPUS", "EXIT")
+    for task in tasks:
+        table.add_row(
+            _text(task.index),
+            _text(task.name),
+            _text(task.state),
+            _text(task.node),
+            _text(task.pid),
+            _text(",".join(map(str, task.gpus))),
+            _text(task.exit_code),
+        )
+    return table

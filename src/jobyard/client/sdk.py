@@ -1,0 +1,345 @@
+"""Client (over httpx.Client) and AsyncClient (over httpx.AsyncClient).
+
+Both only send the Calls built in `calls.py`, so each class is a thin driver: one line per
+operation, plus the loops of wait() and iter_jobs() and the log streams.
+
+    with Client() as jobyard:
+        job = jobyard.submit(["python", "train.py"], resources={"gpus": 1})
+        for text in jobyard.follow_logs(job.id):
+            print(text, end="")
+        print(jobyard.wait(job.id).exit_code)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Self, TypeVar, Unpack
+
+import httpx
+
+from jobyard.client import calls
+from jobyard.client.calls import Entrypoint, JobRef, ListFilters, SubmitOptions
+from jobyard.client.discovery import discover_token, discover_url
+from jobyard.client.errors import ServerUnreachable, WaitTimeout
+from jobyard.client.models import Event, Health, Job, JobPage, NewUser, User
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def _answering(url: str) -> Iterator[None]:
+    """Turn httpx's transport errors (refused, timeout, connection lost) into ServerUnreachable."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise ServerUnreachable(url, calls.transport_detail(exc)) from exc
+
+
+class _Deadline:
+    """wait()'s clock: how long to pause before the next poll, or WaitTimeout once it ran out."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._timeout = timeout
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def pause(self, job: Job, poll: float) -> float:
+        if self._timeout is None or self._end is None:
+            return poll
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(job, self._timeout)
+        return min(poll, left)
+
+
+# ---- sync -------------------------------------------------------------------------------------
+
+
+class LogStream(Iterator[str]):
+    """Log text as the server sends it, until the task ends. Closes itself at the end; use it
+    as a context manager (or call close()) to stop following early."""
+
+    def __init__(self, response: httpx.Response, url: str) -> None:
+        self._response = response
+        self._chunks = response.iter_text()
+        self._url = url
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+        except httpx.TransportError as exc:
+            self.close()
+            raise ServerUnreachable(self._url, calls.transport_detail(exc)) from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """Synchronous jobyard client. See `jobyard.client.discovery` for the url and token defaults.
+
+    `transport` replaces the network (e.g. `httpx.MockTransport` in tests).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = discover_url(url)
+        options = calls.http_options(self.url, discover_token(token), timeout)
+        self._http = httpx.Client(transport=transport, **options)
+
+    def submit(self, entrypoint: Entrypoint, **options: Unpack[SubmitOptions]) -> Job:
+        """Queue a job. The same `submission_id` with the same body returns the same job."""
+        return self._send(calls.submit(entrypoint, options))
+
+    def get(self, ref: JobRef) -> Job:
+        return self._send(calls.get_job(ref))
+
+    def list(self, **filters: Unpack[ListFilters]) -> JobPage:
+        return self._send(calls.list_jobs(filters))
+
+    def iter_jobs(self, **filters: Unpack[ListFilters]) -> Iterator[Job]:
+        """Every matching job, page after page (`limit` is the page size)."""
+        following: ListFilters | None = filters
+        while following is not None:
+            page = self.list(**following)
+            yield from page.items
+            following = calls.next_page(following, page)
+
+    def stop(self, ref: JobRef) -> Job:
+        """Ask the job to stop (202): it is STOPPING, or STOPPED if it had not started."""
+        return self._send(calls.stop_job(ref))
+
+    def delete(self, ref: JobRef, *, force: bool = False) -> None:
+        """Forget a finished job and its logs; `force` also stops a live one."""
+        self._send(calls.delete_job(ref, force=force))
+
+    def events(self, ref: JobRef) -> builtins.list[Event]:
+        return self._send(calls.job_events(ref))
+
+    def logs(
+        self,
+        ref: JobRef,
+        task: str | int | None = None,
+        tail: int | None = None,
+        offset: int | None = None,
+    ) -> str:
+        """A task's output so far (the first task unless named by index or name)."""
+        return self._send(calls.read_logs(ref, task=task, tail=tail, offset=offset))
+
+    def follow_logs(
+        self, ref: JobRef, task: str | int | None = None, tail: int | None = None
+    ) -> LogStream:
+        """Stream a task's output until it ends. Errors (e.g. no such job) raise here."""
+        self._send(calls.check_logs(ref, task=task))
+        call = calls.read_logs(ref, task=task, tail=tail, follow=True)
+        request = self._http.build_request(
+            call.method, call.path, params=call.params, timeout=calls.STREAM_TIMEOUT
+        )
+        with _answering(self.url):
+            response = self._http.send(request, stream=True)
+            if not response.is_success:
+                with contextlib.closing(response):
+                    response.read()
+                raise calls.api_error(response)
+        return LogStream(response, self.url)
+
+    def wait(self, ref: JobRef, timeout: float | None = None, poll: float = 0.2) -> Job:
+        """Poll until the job is SUCCEEDED, FAILED or STOPPED; WaitTimeout after `timeout` s."""
+        deadline = _Deadline(timeout)
+        while not (job := self.get(ref)).is_terminal():
+            time.sleep(deadline.pause(job, poll))
+        return job
+
+    def health(self) -> Health:
+        return self._send(calls.health())
+
+    def whoami(self) -> User:
+        return self._send(calls.whoami())
+
+    def create_user(self, name: str, *, admin: bool = False) -> NewUser:
+        """Admin only: a new user and their token."""
+        return self._send(calls.create_user(name, admin=admin))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, call: calls.Call[T]) -> T:
+        with _answering(self.url):
+            response = self._http.request(
+                call.method, call.path, params=call.params, json=call.body
+            )
+        return call.parse(response)
+
+
+# ---- async ------------------------------------------------------------------------------------
+
+
+class AsyncLogStream(AsyncIterator[str]):
+    """The async LogStream: `async for`, and `async with` (or aclose()) to stop early."""
+
+    def __init__(self, response: httpx.Response, url: str) -> None:
+        self._response = response
+        self._chunks = response.aiter_text()
+        self._url = url
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+        except httpx.TransportError as exc:
+            await self.aclose()
+            raise ServerUnreachable(self._url, calls.transport_detail(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncClient:
+    """The asynchronous twin of Client: the same methods, awaited."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = discover_url(url)
+        options = calls.http_options(self.url, discover_token(token), timeout)
+        self._http = httpx.AsyncClient(transport=transport, **options)
+
+    async def submit(self, entrypoint: Entrypoint, **options: Unpack[SubmitOptions]) -> Job:
+        return await self._send(calls.submit(entrypoint, options))
+
+    async def get(self, ref: JobRef) -> Job:
+        return await self._send(calls.get_job(ref))
+
+    async def list(self, **filters: Unpack[ListFilters]) -> JobPage:
+        return await self._send(calls.list_jobs(filters))
+
+    async def iter_jobs(self, **filters: Unpack[ListFilters]) -> AsyncIterator[Job]:
+        following: ListFilters | None = filters
+        while following is not None:
+            page = await self.list(**following)
+            for job in page.items:
+                yield job
+            following = calls.next_page(following, page)
+
+    async def stop(self, ref: JobRef) -> Job:
+        return await self._send(calls.stop_job(ref))
+
+    async def delete(self, ref: JobRef, *, force: bool = False) -> None:
+        await self._send(calls.delete_job(ref, force=force))
+
+    async def events(self, ref: JobRef) -> builtins.list[Event]:
+        return await self._send(calls.job_events(ref))
+
+    async def logs(
+        self,
+        ref: JobRef,
+        task: str | int | None = None,
+        tail: int | None = None,
+        offset: int | None = None,
+    ) -> str:
+        return await self._send(calls.read_logs(ref, task=task, tail=tail, offset=offset))
+
+    async def follow_logs(
+        self, ref: JobRef, task: str | int | None = None, tail: int | None = None
+    ) -> AsyncLogStream:
+        await self._send(calls.check_logs(ref, task=task))
+        call = calls.read_logs(ref, task=task, tail=tail, follow=True)
+        request = self._http.build_request(
+            call.method, call.path, params=call.params, timeout=calls.STREAM_TIMEOUT
+        )
+        with _answering(self.url):
+            response = await self._http.send(request, stream=True)
+            if not response.is_success:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                raise calls.api_error(response)
+        return AsyncLogStream(response, self.url)
+
+    async def wait(self, ref: JobRef, timeout: float | None = None, poll: float = 0.2) -> Job:
+        deadline = _Deadline(timeout)
+        while not (job := await self.get(ref)).is_terminal():
+            await asyncio.sleep(deadline.pause(job, poll))
+        return job
+
+    async def health(self) -> Health:
+        return await self._send(calls.health())
+
+    async def whoami(self) -> User:
+        return await self._send(calls.whoami())
+
+    async def create_user(self, name: str, *, admin: bool = False) -> NewUser:
+        return await self._send(calls.create_user(name, admin=admin))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _send(self, call: calls.Call[T]) -> T:
+        with _answering(self.url):
+            response = await self._http.request(
+                call.method, call.path, params=call.params, json=call.body
+            )
+        return call.parse(response)
