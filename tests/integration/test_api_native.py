@@ -365,3 +365,24 @@ def test_jobs_inherit_no_file_descriptors_of_the_server(
     live_server.wait_state(job["id"], "SUCCEEDED")
     fds = {int(fd) for fd in api.get(f"/api/v1/jobs/{job['id']}/logs").text.split()}
     assert fds <= {0, 1, 2, 3}, fds  # stdin, stdout, stderr, and ls's own directory handle
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/jobs/nope/logs?follow=true", "/api/v1/jobs/1/logs?follow=true&task=7"]
+)
+def test_follow_of_an_unknown_job_or_task_is_a_404(api: httpx.Client, path: str) -> None:
+    submit(api)
+    response = api.get(path)
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_a_stopped_jobs_log_holds_only_its_own_output(
+    live_server: LiveServer, api: httpx.Client
+) -> None:
+    job = submit(api, entrypoint="echo started; sleep 60")
+    live_server.wait_state(job["id"], "RUNNING")
+    wait_for(lambda: api.get(f"/api/v1/jobs/{job['id']}/logs").text)
+    api.post(f"/api/v1/jobs/{job['id']}/stop")
+    live_server.wait_state(job["id"], "STOPPED")
+    assert api.get(f"/api/v1/jobs/{job['id']}/logs").text == "started\n"

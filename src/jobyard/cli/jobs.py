@@ -18,7 +18,7 @@ ALL_PAGE_SIZE = 500  # the server's largest page
 # ---- arguments --------------------------------------------------------------------------------
 
 
-def parse_pairs(items: list[str] | None, option: str) -> dict[str, str] | None:
+def _parse_pairs(items: list[str] | None, option: str) -> dict[str, str] | None:
     """['K=V', ...] as a dict; a usage error (exit 2) names the option of a malformed item."""
     pairs: dict[str, str] = {}
     for item in items or ():
@@ -29,7 +29,7 @@ def parse_pairs(items: list[str] | None, option: str) -> dict[str, str] | None:
     return pairs or None
 
 
-def parse_label_filters(items: list[str] | None) -> dict[str, str | None] | None:
+def _parse_label_filters(items: list[str] | None) -> dict[str, str | None] | None:
     """`key=value` matches that value; a bare `key` matches any value."""
     labels = {
         key: value if sep else None for key, sep, value in (i.partition("=") for i in items or ())
@@ -37,20 +37,20 @@ def parse_label_filters(items: list[str] | None) -> dict[str, str | None] | None
     return labels or None
 
 
-def entrypoint_of(command: list[str]) -> str | list[str]:
+def _entrypoint_of(command: list[str]) -> str | list[str]:
     """One argument with spaces is a shell string; anything else is an argv list."""
     if len(command) == 1 and any(c.isspace() for c in command[0]):
         return command[0]
     return command
 
 
-def resources_of(cpus: float | None, memory: str | None, gpus: int | None) -> Resources | None:
+def _resources_of(cpus: float | None, memory: str | None, gpus: int | None) -> Resources | None:
     given = {"cpus": cpus, "memory": memory, "gpus": gpus}
     chosen = {key: value for key, value in given.items() if value is not None}
     return Resources.model_validate(chosen) if chosen else None
 
 
-def exit_status(job: Job) -> int:
+def _exit_status(job: Job) -> int:
     """The job's exit code as a shell reports it; 1 for a failure that has none."""
     code = job.exit_code
     if job.state is JobState.SUCCEEDED:
@@ -60,14 +60,14 @@ def exit_status(job: Job) -> int:
     return 1
 
 
-def summary(job: Job) -> str:
+def _summary(job: Job) -> str:
     line = f"job {job.id} ({job.display_id}) {job.state.value}"
     if job.exit_code is not None:
         line += f", exit code {job.exit_code}"
     return f"{line}: {job.message}" if job.message and job.state is not JobState.SUCCEEDED else line
 
 
-def stream_logs(client: Client, ref: str | int, task: str | None, tail: int | None) -> None:
+def _stream_logs(client: Client, ref: str | int, task: str | None, tail: int | None) -> None:
     with client.follow_logs(ref, task=task, tail=tail) as stream:
         for text in stream:
             render.write_raw(text)
@@ -104,26 +104,26 @@ def submit(
     With --wait, stdout carries only the job's output (the first task's)."""
     options: SubmitOptions = {
         "name": name,
-        "env": parse_pairs(env, "--env"),
+        "env": _parse_pairs(env, "--env"),
         "working_dir": workdir,
-        "resources": resources_of(cpus, memory, gpus),
+        "resources": _resources_of(cpus, memory, gpus),
         "replicas": replicas,
         "queue": queue,
         "priority": priority,
-        "labels": parse_pairs(label, "--label"),
+        "labels": _parse_pairs(label, "--label"),
         "submission_id": submission_id,
         "max_runtime": max_runtime,
     }
     client = open_client(ctx)
-    job = client.submit(entrypoint_of(command), **options)
+    job = client.submit(_entrypoint_of(command), **options)
     if not wait:
         print(f"submitted job {job.id} ({job.display_id})")
         return
     render.note(f"submitted job {job.id} ({job.display_id})")
-    stream_logs(client, job.id, None, None)
+    _stream_logs(client, job.id, None, None)
     done = client.wait(job.id)
-    render.note(summary(done))
-    raise typer.Exit(exit_status(done))
+    render.note(_summary(done))
+    raise typer.Exit(_exit_status(done))
 
 
 def list_jobs(
@@ -145,7 +145,7 @@ def list_jobs(
         "queue": queue,
         "owner": owner,
         "q": query,
-        "labels": parse_label_filters(label),
+        "labels": _parse_label_filters(label),
         "limit": ALL_PAGE_SIZE if all_pages else limit,
     }
     client = open_client(ctx)
@@ -183,7 +183,7 @@ def logs(
     """A task's output, as written."""
     client = open_client(ctx)
     if follow:
-        stream_logs(client, ref, task, tail)
+        _stream_logs(client, ref, task, tail)
     else:
         render.write_raw(client.logs(ref, task=task, tail=tail))
 
@@ -211,8 +211,8 @@ def wait(
 ) -> None:
     """Wait until a job ends; exit with its exit code."""
     job = open_client(ctx).wait(ref, timeout=timeout)
-    print(summary(job))
-    raise typer.Exit(exit_status(job))
+    print(_summary(job))
+    raise typer.Exit(_exit_status(job))
 
 
 def events(ctx: typer.Context, ref: RefArg, as_json: JsonOpt = False) -> None:

@@ -46,7 +46,7 @@ def describe(exc: ClientError) -> str:
     return str(exc)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = 1) -> typer.Exit:
     """Print `error: message` on stderr; raise the returned Exit."""
     print(f"error: {message}", file=sys.stderr)
     return typer.Exit(code)
@@ -60,4 +60,4 @@ class ReportingGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except ClientError as exc:
-            raise fail(describe(exc)) from None
+            raise _fail(describe(exc)) from None

@@ -253,15 +253,10 @@ class Reconciler:
 
 
 def _is_overdue(job: Job, now: float) -> bool:
-    limit = job.spec.max_runtime
-    started = job.started_at
-    return (
-        job.state is JobState.RUNNING
-        and bool(limit and started)
-        and (
-            now - started.timestamp() > (limit or 0)  # type: ignore[union-attr]
-        )
-    )
+    limit, started = job.spec.max_runtime, job.started_at
+    if job.state is not JobState.RUNNING or limit is None or started is None:
+        return False
+    return now - started.timestamp() > limit
 
 
 # ---- the writes of a pass: each one transaction, a few statements -------------------------------

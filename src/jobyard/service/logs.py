@@ -39,8 +39,15 @@ class LogService:
         return self._executor.read_log(task.handle, start, min(query.limit, MAX_READ))
 
     async def follow(self, user: User, ref: str, query: LogQuery) -> AsyncIterator[bytes]:
-        """Yield new output as it is written; end once the task has ended and all is sent."""
+        """Check the job and task now (so a bad ref is a 404 before any output), then return
+        a stream of new output that ends once the task has ended and all is sent."""
         job = await self._jobs.get(user, ref)
+        pick_task(job, query.task)
+        return self._follow(user, ref, query, job)
+
+    async def _follow(
+        self, user: User, ref: str, query: LogQuery, job: Job
+    ) -> AsyncIterator[bytes]:
         task = pick_task(job, query.task)
         offset = None
         while True:

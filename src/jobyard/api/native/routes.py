@@ -165,5 +165,5 @@ async def job_logs(
     query = LogQuery(task=task, offset=offset, tail=tail)
     media = "text/plain; charset=utf-8"
     if follow:
-        return StreamingResponse(logs.follow(user, ref, query), media_type=media)
+        return StreamingResponse(await logs.follow(user, ref, query), media_type=media)
     return Response(await logs.read(user, ref, query), media_type=media)

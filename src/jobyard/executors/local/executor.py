@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 
 # $1 is the exit file, $2 the working directory, the rest the task's argv. The trap keeps the
 # supervisor alive through SIGTERM/SIGINT/SIGHUP sent to the group; the task itself gets the
-# default dispositions back on exec.
+# default dispositions back on exec. The supervisor's own stderr is /dev/null and the task's is
+# the log (fd 3), redirected inside the subshell: so dash's "Terminated" notice about a killed
+# task never lands in the task's log.
 _SUPERVISOR = (
-    'x=$1; cd "$2" || exit 126; shift 2; trap : TERM INT HUP; "$@"; rc=$?; '
-    'printf "%s\\n" "$rc" > "$x"; exit "$rc"'
+    'x=$1; cd "$2" || exit 126; shift 2; trap : TERM INT HUP; exec 3>&2 2>/dev/null; '
+    '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
 )
 _CREATE_TIME_TOLERANCE = 0.05
 
