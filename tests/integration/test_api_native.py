@@ -386,3 +386,9 @@ def test_a_stopped_jobs_log_holds_only_its_own_output(
     api.post(f"/api/v1/jobs/{job['id']}/stop")
     live_server.wait_state(job["id"], "STOPPED")
     assert api.get(f"/api/v1/jobs/{job['id']}/logs").text == "started\n"
+
+
+def test_openapi_documents_the_native_api(live_server: LiveServer) -> None:
+    spec = httpx.get(f"{live_server.url}/openapi.json").json()
+    assert {"/api/v1/jobs", "/api/v1/jobs/{ref}", "/api/v1/jobs/{ref}/logs"} <= set(spec["paths"])
+    assert httpx.get(f"{live_server.url}/docs").status_code == 200
