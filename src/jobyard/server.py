@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -81,6 +82,10 @@ def serve(settings: Settings) -> None:
     )
     runtime = build(settings)
     app = create_server_app(runtime)
+    # Long-lived objects (modules, models, engines) never need the cyclic collector again:
+    # freezing them keeps full collections from pausing requests for tens of milliseconds.
+    gc.collect()
+    gc.freeze()
     log.info(
         "jobyard on http://%s:%d (data in %s; admin token in %s)",
         settings.host,

@@ -37,6 +37,7 @@ class JobRow(Base):
         UniqueConstraint("owner", "submission_id", name="uq_jobs_owner_submission_id"),
         Index("ix_jobs_owner_id", "owner", "id"),
         Index("ix_jobs_state_priority_id", "state", "priority", "id"),
+        Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_queue_id", "queue", "id"),
         {"sqlite_autoincrement": True},
     )

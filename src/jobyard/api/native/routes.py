@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from jobyard import __version__
 from jobyard.api.deps import AuthDep, CurrentUser, JobsDep, LogsDep
@@ -16,7 +16,8 @@ from jobyard.api.native.schemas import (
     JobPublic,
     UserCreate,
     UserCreated,
-    job_public,
+    job_response,
+    page_response,
 )
 from jobyard.errors import Forbidden, InvalidInput
 from jobyard.model import JobState
@@ -57,9 +58,9 @@ async def create_user(body: UserCreate, user: CurrentUser, auth: AuthDep) -> Use
         409: {"description": "submission_id already used for another body"},
     },
 )
-async def submit_job(body: JobCreate, user: CurrentUser, jobs: JobsDep) -> JSONResponse:
+async def submit_job(body: JobCreate, user: CurrentUser, jobs: JobsDep) -> Response:
     submitted = await jobs.submit(user, body.to_request())
-    return JSONResponse(job_public(submitted.job), 201 if submitted.created else 200)
+    return job_response(submitted.job, 201 if submitted.created else 200)
 
 
 def _states(raw: list[str]) -> list[JobState]:
@@ -90,7 +91,7 @@ async def list_jobs(
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> JSONResponse:
+) -> Response:
     labels = [(k, v if sep else None) for k, sep, v in (item.partition("=") for item in label)]
     query = JobQuery(
         states=_states(state),
@@ -103,18 +104,12 @@ async def list_jobs(
         cursor=_cursor(cursor),
     )
     page = await jobs.list_jobs(user, query)
-    return JSONResponse(
-        {
-            "items": [job_public(job) for job in page.items],
-            "next_cursor": None if page.next_cursor is None else str(page.next_cursor),
-            "total": page.total,
-        }
-    )
+    return page_response(page.items, page.next_cursor, page.total)
 
 
 @router.get("/jobs/{ref}", tags=["jobs"], response_model=JobPublic, responses=_JOB_RESPONSES)
-async def get_job(ref: str, user: CurrentUser, jobs: JobsDep) -> JSONResponse:
-    return JSONResponse(job_public(await jobs.get(user, ref)))
+async def get_job(ref: str, user: CurrentUser, jobs: JobsDep) -> Response:
+    return job_response(await jobs.get(user, ref))
 
 
 @router.post(
@@ -124,8 +119,8 @@ async def get_job(ref: str, user: CurrentUser, jobs: JobsDep) -> JSONResponse:
     response_model=JobPublic,
     responses={**_JOB_RESPONSES, 409: {"description": "the job already finished"}},
 )
-async def stop_job(ref: str, user: CurrentUser, jobs: JobsDep) -> JSONResponse:
-    return JSONResponse(job_public(await jobs.stop(user, ref)), 202)
+async def stop_job(ref: str, user: CurrentUser, jobs: JobsDep) -> Response:
+    return job_response(await jobs.stop(user, ref), 202)
 
 
 @router.delete(

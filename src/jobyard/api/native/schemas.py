@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 from jobyard.model import Event, Job, JobSpec, JobState, StateLogEntry, TaskState, TerminationReason
@@ -94,9 +95,20 @@ class UserCreated(BaseModel):
     token: str
 
 
-def job_public(job: Job) -> dict[str, Any]:
-    """The JSON of JobPublic, built straight from the core Job (handles are internal)."""
-    return job.model_dump(
-        mode="json",
-        exclude={"stop_requested_at": True, "stop_reason": True, "tasks": {"__all__": {"handle"}}},
-    )
+_INTERNAL: Any = {"stop_requested_at": True, "stop_reason": True, "tasks": {"__all__": {"handle"}}}
+
+
+def job_json(job: Job) -> str:
+    """The JSON of JobPublic, serialised straight from the core Job by pydantic-core."""
+    return job.model_dump_json(exclude=_INTERNAL)
+
+
+def job_response(job: Job, status: int = 200) -> Response:
+    return Response(job_json(job), status, media_type="application/json")
+
+
+def page_response(items: list[Job], next_cursor: int | None, total: int) -> Response:
+    cursor = "null" if next_cursor is None else f'"{next_cursor}"'
+    jobs = ",".join(job_json(job) for job in items)
+    body = f'{{"items":[{jobs}],"next_cursor":{cursor},"total":{total}}}'
+    return Response(body, media_type="application/json")

@@ -1,0 +1,1 @@
+"""Benchmarks of a real jobyard server: `python -m bench` (or `make bench`)."""
