@@ -199,8 +199,16 @@ async def test_a_new_executor_adopts_running_tasks_and_reads_their_exit_code(hom
     assert (report.state, report.exit_code) == (TaskState.EXITED, 4)
 
 
+async def test_a_reused_pid_is_not_mistaken_for_the_task(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    handle = {"pid": os.getpid(), "start_ticks": 1, "exit": str(tmp_path / "none"), "log": ""}
+    (report,) = await executor.poll([handle])
+    assert report.state is TaskState.LOST
+
+
 async def test_unknown_handles_report_lost(executor: LocalExecutor, tmp_path: Path) -> None:
-    handle = {"pid": 2**22 - 3, "create_time": 1.0, "exit": str(tmp_path / "none"), "log": ""}
+    handle = {"pid": 2**22 - 3, "start_ticks": 1, "exit": str(tmp_path / "none"), "log": ""}
     (report,) = await executor.poll([handle])
     assert report.state is TaskState.LOST
 

@@ -236,7 +236,7 @@ class Reconciler:
         if not placements:
             return
         claimed = await self._db.write(partial(_claim, placements=placements, now=self._clock()))
-        started = [await self._start(p) for p in placements if p.job_id in claimed]
+        started = await asyncio.gather(*(self._start(p) for p in placements if p.job_id in claimed))
         await self._db.write(partial(_record_starts, started=started, now=self._clock()))
         await self._reload(p.job_id for p in placements)
         for result in started:

@@ -10,6 +10,7 @@ still running, identified by pid and start time). Stop is SIGTERM to the group, 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -41,7 +42,6 @@ _SUPERVISOR = (
     'x=$1; cd "$2" || exit 126; shift 2; trap : TERM INT HUP; exec 3>&2 2>/dev/null; '
     '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
 )
-_CREATE_TIME_TOLERANCE = 0.05
 
 
 class LocalExecutor(Executor):
@@ -62,6 +62,7 @@ class LocalExecutor(Executor):
         self._exited: dict[int, int] = {}
         self._forgotten: set[int] = set()
         self._stopping: dict[int, asyncio.Task[None]] = {}
+        self._spawner = concurrent.futures.ThreadPoolExecutor(2, "jobyard-spawn")
 
     # ---- contract -----------------------------------------------------------------------------
 
@@ -81,9 +82,15 @@ class LocalExecutor(Executor):
         if len(placement.tasks) > 1 and placement.master_port is None:
             placement = placement.model_copy(update={"master_port": _free_port()})
         started: list[StartedTask] = []
+        loop = asyncio.get_running_loop()
         try:
             for task in placement.tasks:
-                started.append(self._start_task(placement, task))
+                # Spawning waits for the exec (about a millisecond): off the event loop.
+                spawned = await loop.run_in_executor(
+                    self._spawner, self._start_task, placement, task
+                )
+                self._children[spawned.pid or 0] = self._watch(spawned.pid or 0)
+                started.append(spawned)
         except StartFailed:
             for done in started:
                 await self.stop(done.handle, grace=0)
@@ -130,6 +137,7 @@ class LocalExecutor(Executor):
                 Path(handle["log"]).parent.rmdir()
 
     async def close(self) -> None:
+        self._spawner.shutdown(wait=True)
         for task in self._stopping.values():
             task.cancel()
         loop = asyncio.get_running_loop()
@@ -155,7 +163,7 @@ class LocalExecutor(Executor):
         pid = self._spawn(argv, env, cwd, log_path, exit_path)
         handle = {
             "pid": pid,
-            "create_time": _create_time(pid),
+            "start_ticks": (_proc_stat(pid) or ("", 0))[1],
             "log": str(log_path),
             "exit": str(exit_path),
             "node": self._node,
@@ -182,7 +190,6 @@ class LocalExecutor(Executor):
             raise StartFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
         finally:
             os.close(log_fd)
-        self._children[pid] = self._watch(pid)
         return pid
 
     def _watch(self, pid: int) -> int | None:
@@ -281,15 +288,8 @@ class LocalExecutor(Executor):
         pid = int(handle.get("pid", 0))
         if pid in self._children:
             return True
-        try:
-            proc = psutil.Process(pid)
-            alive = proc.status() != psutil.STATUS_ZOMBIE
-            return (
-                alive
-                and abs(proc.create_time() - float(handle["create_time"])) < _CREATE_TIME_TOLERANCE
-            )
-        except (psutil.Error, KeyError, ValueError):
-            return False
+        stat = _proc_stat(pid)
+        return stat is not None and stat[0] != "Z" and stat[1] == handle.get("start_ticks")
 
     async def _kill_after(
         self, handle: Handle, grace: float, escaped: list[psutil.Process]
@@ -331,11 +331,16 @@ def _check_program(program: str, path: str, cwd: Path) -> None:
         raise StartFailed(f"program {program!r} not found in PATH")
 
 
-def _create_time(pid: int) -> float:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process: with the pid, its identity.
+    Read straight from /proc/<pid>/stat (psutil re-reads /proc/stat for the boot time on
+    every call, which costs more than the spawn it follows)."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
