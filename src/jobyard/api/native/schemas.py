@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
-from jobyard.model import Event, Job, JobSpec, JobState, StateLogEntry, TaskState, TerminationReason
+from jobyard.model import Event, Job, JobSpec, Task, TerminationReason
 from jobyard.model.job import JobName, Labels, Priority, QueueName, SubmissionId
 from jobyard.service import JobRequest
 
@@ -40,39 +41,18 @@ class JobCreate(JobSpec):
         )
 
 
-class TaskPublic(BaseModel):
-    index: int
-    name: str
-    state: TaskState
-    node: str | None
-    pid: int | None
-    gpus: list[int]
-    exit_code: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
+class TaskPublic(Task):
+    """A task as clients see it: the executor's handle stays inside."""
+
+    handle: SkipJsonSchema[dict[str, Any] | None] = Field(default=None, exclude=True)
 
 
-class JobPublic(BaseModel):
-    id: int
-    display_id: str
-    submission_id: str
-    name: str
-    owner: str
-    queue: str
-    pool: str
-    priority: int
-    labels: dict[str, str]
-    spec: JobSpec
-    state: JobState
-    reason: TerminationReason | None
-    message: str
-    exit_code: int | None
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    tasks: list[TaskPublic]
-    state_log: list[StateLogEntry]
+class JobPublic(Job):
+    """A job as clients see it (documents what `job_json` writes)."""
+
+    tasks: list[TaskPublic] = Field(default_factory=list)  # type: ignore[assignment]
+    stop_requested_at: SkipJsonSchema[datetime | None] = Field(default=None, exclude=True)
+    stop_reason: SkipJsonSchema[TerminationReason | None] = Field(default=None, exclude=True)
 
 
 class JobList(BaseModel):
