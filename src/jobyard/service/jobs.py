@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
@@ -25,6 +26,7 @@ from jobyard.store import jobs as q
 from jobyard.store.db import Database
 
 MAX_PAGE = 500
+_T = TypeVar("_T")
 
 
 class JobRequest(BaseModel):
@@ -61,6 +63,18 @@ class JobQuery:
     descending: bool = True
     limit: int = 50
     cursor: int | None = None
+
+
+def _scope(user: User) -> str | None:
+    """Whose jobs a user may see: an admin sees everyone's (None); others only their own."""
+    return None if user.is_admin else user.name
+
+
+def _found(ref: str, value: _T | None) -> _T:
+    """Another user's job is reported exactly like a missing one: 404, never 403."""
+    if value is None:
+        raise NotFound(f"job {ref!r} not found", field="job")
+    return value
 
 
 def _default_name(spec: JobSpec) -> str:
@@ -138,11 +152,8 @@ class JobService:
     # ---- read ---------------------------------------------------------------------------------
 
     async def get(self, user: User, ref: str) -> Job:
-        scope = None if user.is_admin else user.name
-        job = await self._db.read(lambda c: q.find_job(c, ref, scope))
-        if job is None:
-            raise NotFound(f"job {ref!r} not found", field="job")
-        return job
+        scope = _scope(user)
+        return _found(ref, await self._db.read(lambda c: q.find_job(c, ref, scope)))
 
     async def list_jobs(self, user: User, query: JobQuery) -> q.JobPage:
         if not 1 <= query.limit <= MAX_PAGE:
@@ -168,11 +179,8 @@ class JobService:
         return await self._db.read(lambda c: q.list_events(c, job_id))
 
     async def _resolve(self, user: User, ref: str) -> int:
-        scope = None if user.is_admin else user.name
-        job_id = await self._db.read(lambda c: q.resolve_ref(c, ref, scope))
-        if job_id is None:
-            raise NotFound(f"job {ref!r} not found", field="job")
-        return job_id
+        scope = _scope(user)
+        return _found(ref, await self._db.read(lambda c: q.resolve_ref(c, ref, scope)))
 
     async def _load(self, job_id: int) -> Job:
         job = await self._db.read(lambda c: q.get_job(c, job_id))
