@@ -557,13 +557,26 @@ def new_job_to_job(new: NewJob, job_id: int, display_id: str, now: float, log_id
         state=JobState.QUEUED,
         created_at=created,
         updated_at=created,
-        tasks=[
-            Task.model_construct(index=i, name=f"{display_id}-worker-{i}")
-            for i in range(new.spec.replicas)
-        ],
+        tasks=[_new_task(i, f"{display_id}-worker-{i}") for i in range(new.spec.replicas)],
         state_log=[
             StateLogEntry.model_construct(id=log_id, state=JobState.QUEUED, timestamp=created)
         ],
+    )
+
+
+def _new_task(index: int, name: str) -> Task:
+    # Every field given: model_construct inspects a default_factory's signature on each call.
+    return Task.model_construct(
+        index=index,
+        name=name,
+        state=TaskState.PENDING,
+        node=None,
+        pid=None,
+        gpus=[],
+        exit_code=None,
+        started_at=None,
+        finished_at=None,
+        handle=None,
     )
 
 
