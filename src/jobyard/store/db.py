@@ -1,8 +1,9 @@
 """Engines and the two ways to reach them: `read` (a thread pool) and `write` (group commit).
 
 Every write goes through one writer thread. It takes every operation waiting in its queue,
-runs each in its own SAVEPOINT inside one transaction, commits once, and only then resolves
-the callers. So a caller's 2xx always follows a durable commit (SQLite runs WAL with
+runs them in one transaction, commits once, and only then resolves the callers; if one of
+them raises, the batch runs again with each operation in its own SAVEPOINT, so only that
+one fails. So a caller's 2xx always follows a durable commit (SQLite runs WAL with
 synchronous=FULL), and concurrent submits share the cost of one fsync.
 """
 
@@ -138,6 +139,22 @@ class Database:
                 self._run_batch(live)
 
     def _run_batch(self, batch: list[_Op]) -> None:
+        """Fast path: the whole batch in one transaction. If any write raises, roll back and
+        run them again each in its own savepoint, so only that write fails (writes are pure
+        functions of their arguments and the database, so running one again is safe)."""
+        try:
+            with self._writer.connect() as conn, conn.begin():
+                values = [fn(conn) for fn, _future in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+            else:
+                self._run_apart(batch)
+            return
+        for (_fn, future), value in zip(batch, values, strict=True):
+            future.set_result(value)
+
+    def _run_apart(self, batch: list[_Op]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             with self._writer.connect() as conn, conn.begin():
