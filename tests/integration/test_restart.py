@@ -44,3 +44,53 @@ def test_the_admin_token_survives_a_restart(home: Path) -> None:
         assert second.token == token
         with second.client() as http:
             assert http.get("/api/v1/whoami").json() == {"name": "admin", "admin": True}
+
+
+def test_jobs_caught_mid_start_by_a_crash_are_requeued_or_failed(home: Path) -> None:
+    import time
+
+    from jobyard.model import JobSpec, JobState
+    from jobyard.server import prepare_home
+    from jobyard.store import jobs as q
+    from jobyard.store.db import Database, migrate
+
+    settings = make_settings(home)
+    prepare_home(settings)
+    migrate(settings.effective_database_url)
+    db = Database(settings.effective_database_url)
+
+    def crashed_mid_start(conn):  # type: ignore[no-untyped-def]
+        ids = []
+        for target in (JobState.SCHEDULED, JobState.STARTING):
+            new = q.NewJob(
+                owner="admin",
+                submission_id=f"crash-{target}",
+                request_hash="-",
+                name="crash",
+                queue="default",
+                pool="local",
+                priority=0,
+                labels={},
+                spec=JobSpec(entrypoint="true"),
+            )
+            job_id = q.insert_job(conn, new, time.time())
+            q.transition(conn, job_id, q.Transition(JobState.SCHEDULED), time.time())
+            if target is JobState.STARTING:
+                q.transition(conn, job_id, q.Transition(JobState.STARTING), time.time())
+            ids.append(job_id)
+        return ids
+
+    scheduled, starting = db.write_sync(crashed_mid_start)
+    db.close()
+    with running_server(settings) as server:
+        assert server.wait_state(scheduled, "SUCCEEDED")["exit_code"] == 0  # requeued, then ran
+        lost = server.wait_state(starting, "FAILED")
+        assert lost["reason"] == "LOST" and "before its tasks were recorded" in lost["message"]
+
+
+def test_a_task_that_cannot_get_a_log_fails_to_start_instead_of_sticking(home: Path) -> None:
+    with running_server(make_settings(home)) as server, server.client() as http:
+        (server.settings.logs_dir / "1").write_text("a file where the job's log directory goes")
+        job = http.post("/api/v1/jobs", json={"entrypoint": "true"}).json()
+        done = server.wait_state(job["id"], "FAILED")
+        assert done["reason"] == "START_FAILED" and "cannot prepare" in done["message"]

@@ -92,12 +92,23 @@ class Reconciler:
             )
 
     async def recover(self) -> None:
-        """After a restart: a SCHEDULED job started nothing yet, so it goes back to the queue."""
+        """After a restart: a SCHEDULED job started nothing yet, so it goes back to the queue;
+        a STARTING job whose tasks were never recorded cannot be found again, so it fails as
+        LOST (its processes, if any started, are not known to jobyard)."""
 
         def requeue(conn: Connection) -> None:
+            now = self._clock()
             back = q.Transition(JobState.QUEUED, "server restarted before the job started")
             ids = q.ids_in_states(conn, [JobState.SCHEDULED])
-            q.transition_many(conn, [(job_id, back) for job_id in ids], self._clock())
+            changes = [(job_id, back) for job_id in ids]
+            starting = q.load_jobs(conn, q.ids_in_states(conn, [JobState.STARTING]), with_log=False)
+            lost = q.Transition(
+                JobState.FAILED,
+                "the server stopped while starting this job, before its tasks were recorded",
+                termination=TerminationReason.LOST,
+            )
+            changes += [(j.id, lost) for j in starting if any(t.handle is None for t in j.tasks)]
+            q.transition_many(conn, changes, now)
 
         await self._db.write(requeue)
 

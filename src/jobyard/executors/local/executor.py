@@ -150,6 +150,12 @@ class LocalExecutor(Executor):
     # ---- starting -----------------------------------------------------------------------------
 
     def _start_task(self, placement: Placement, task: TaskPlacement) -> StartedTask:
+        try:
+            return self._prepare_and_spawn(placement, task)
+        except OSError as exc:  # no room for its log, an unwritable data directory, ...
+            raise StartFailed(f"cannot prepare {task.name}: {exc}") from exc
+
+    def _prepare_and_spawn(self, placement: Placement, task: TaskPlacement) -> StartedTask:
         spec = placement.spec
         env = self._environment(placement, task)
         cwd = self._working_dir(placement)
