@@ -37,6 +37,7 @@ from jobyard.model import (
     Job,
     JobSpec,
     JobState,
+    Resources,
     StateLogEntry,
     Task,
     TaskState,
@@ -527,10 +528,29 @@ def _job_dict(
 ) -> dict[str, Any]:
     job = row._asdict()
     del job["request_hash"]
-    job["spec"] = specs.get(row.id, row.spec)  # a parsed spec is reused: specs never change
+    job["spec"] = specs.get(row.id) or _stored_spec(row.spec)
     job["tasks"] = [_task_dict(t) for t in tasks]
     job["state_log"] = [{"id": e.id, "state": e.state, "timestamp": e.timestamp} for e in log]
     return job
+
+
+_SPEC_DEFAULTS = {
+    name: f.get_default(call_default_factory=True)
+    for name, f in JobSpec.model_fields.items()
+    if not f.is_required()
+}
+_RESOURCE_DEFAULTS = {name: f.get_default() for name, f in Resources.model_fields.items()}
+
+
+def _stored_spec(stored: dict[str, Any]) -> JobSpec:
+    """A spec as stored (validated when it was submitted, never changed since): built without
+    running its validators again, which dominate reading a page of jobs otherwise."""
+    fields = {**_SPEC_DEFAULTS, **stored}
+    fields["env"] = dict(fields["env"])
+    resources = fields["resources"]
+    if isinstance(resources, dict):
+        fields["resources"] = Resources.model_construct(**{**_RESOURCE_DEFAULTS, **resources})
+    return JobSpec.model_construct(_fields_set=set(stored), **fields)
 
 
 def _task_dict(row: Row[Any]) -> dict[str, Any]:
