@@ -28,7 +28,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from jobyard.errors import NotFound
 from jobyard.model import (
@@ -217,10 +216,6 @@ def _insert(conn: Connection, new: NewJob, now: float, statement: Any) -> Job | 
 def find_by_submission(conn: Connection, owner: str, submission_id: str) -> tuple[int, str] | None:
     row = conn.execute(_FIND_SUBMISSION, {"owner": owner, "submission_id": submission_id}).first()
     return None if row is None else (row.id, row.request_hash)
-
-
-def is_duplicate_submission(exc: IntegrityError) -> bool:
-    return "submission_id" in str(exc.orig) or "uq_jobs_owner_submission_id" in str(exc.orig)
 
 
 @dataclass(frozen=True)
@@ -496,15 +491,6 @@ def list_events(conn: Connection, job_id: int) -> list[Event]:
     ]
 
 
-def job_row_to_job(
-    row: Row[Any],
-    tasks: Sequence[Row[Any]],
-    log: Sequence[Row[Any]],
-    specs: MutableMapping[int, JobSpec],
-) -> Job:
-    return jobs_from_rows([(row, tasks, log)], specs)[0]
-
-
 _JOB_LIST = TypeAdapter(list[Job])
 
 
@@ -598,7 +584,3 @@ def _new_task(index: int, name: str) -> Task:
         finished_at=None,
         handle=None,
     )
-
-
-def task_row_to_task(row: Row[Any]) -> Task:
-    return Task.model_validate(_task_dict(row))
