@@ -65,6 +65,8 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("JOBYARD_CONFIG")
         if config_file:
+            if not Path(config_file).is_file():
+                raise ValueError(f"JOBYARD_CONFIG names {config_file!r}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 

@@ -37,18 +37,32 @@ def _root(
 
 @app.command()
 def server(
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to bind")] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="address to bind [default: 127.0.0.1, or JOBYARD_HOST]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port [default: 8000, or JOBYARD_PORT]")] = None,
     home: Annotated[Path | None, typer.Option(help="data directory (default: per-user)")] = None,
 ) -> None:
     """Start the jobyard server (SQLite and the local executor unless configured)."""
-    from jobyard.config import Settings  # the server's dependencies load only for this command
+    # The server's dependencies load only for this command.
+    from pydantic import ValidationError
+
+    from jobyard.config import Settings
     from jobyard.server import serve
 
-    overrides: dict[str, object] = {"host": host, "port": port}
-    if home is not None:
-        overrides["home"] = home
-    serve(Settings(**overrides))  # type: ignore[arg-type]
+    # Only options given on the command line override JOBYARD_* variables and the TOML file.
+    given = {"host": host, "port": port, "home": home}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem["loc"])
+            typer.echo(f"error: setting {where}: {problem['msg']}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:  # e.g. JOBYARD_CONFIG names no file
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    serve(settings)
 
 
 # After `submit`'s first argument, everything belongs to the job's command (`--` optional).

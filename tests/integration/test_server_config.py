@@ -1,0 +1,80 @@
+"""`jobyard server` takes its settings from options, JOBYARD_* variables and a TOML file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_server(
+    env: dict[str, str], *args: str, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "jobyard", "server", *args]
+    return subprocess.run(
+        command,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def serves_on(port: int, env: dict[str, str], *args: str) -> bool:
+    command = [sys.executable, "-m", "jobyard", "server", *args]
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/v1/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        return bool(wait_for(healthy, timeout=20))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_port_comes_from_the_toml_file_then_the_environment_then_the_option(tmp_path: Path) -> None:
+    toml_port, env_port, option_port = free_port(), free_port(), free_port()
+    config = tmp_path / "jobyard.toml"
+    config.write_text(f"port = {toml_port}\nstop_grace_seconds = 3\n")
+    home = str(tmp_path / "home")
+    assert serves_on(toml_port, {"JOBYARD_CONFIG": str(config)}, "--home", home)
+    assert serves_on(
+        env_port, {"JOBYARD_CONFIG": str(config), "JOBYARD_PORT": str(env_port)}, "--home", home
+    )
+    assert serves_on(
+        option_port, {"JOBYARD_PORT": str(env_port)}, "--home", home, "--port", str(option_port)
+    )
+
+
+def test_bad_settings_are_reported_without_a_traceback(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    bogus = tmp_path / "bogus.toml"
+    bogus.write_text("bogus = 1\n")
+    for env, message in (
+        ({"JOBYARD_PORT": "eighty"}, "setting port"),
+        ({"JOBYARD_CONFIG": str(bogus)}, "setting bogus"),
+        ({"JOBYARD_CONFIG": str(tmp_path / "missing.toml")}, "not a file"),
+    ):
+        result = run_server(env, "--home", home)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
