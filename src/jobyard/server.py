@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
 import os
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from jobyard.api.app import create_app
 from jobyard.config import Settings
+from jobyard.errors import Conflict
 from jobyard.executors.base import Executor
 from jobyard.executors.registry import load_executor
 from jobyard.scheduler.reconciler import Reconciler
@@ -34,10 +36,12 @@ class Runtime:
     auth: AuthService
     jobs: JobService
     logs: LogService
+    home_lock: int
 
     async def close(self) -> None:
         await self.executor.close()
         self.db.close()
+        os.close(self.home_lock)  # releases the lock on the data directory
 
 
 def prepare_home(settings: Settings) -> None:
@@ -47,18 +51,47 @@ def prepare_home(settings: Settings) -> None:
         path.mkdir(exist_ok=True)
 
 
+def lock_home(settings: Settings) -> int:
+    """One server per data directory: a second would run a second scheduler over the same jobs
+    and start them twice. The lock goes with the process, however it ends."""
+    fd = os.open(settings.home / "server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Conflict(
+            f"another jobyard server (pid {holder}) is using {settings.home}; stop it, or "
+            "give this one its own --home"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def build(settings: Settings) -> Runtime:
     """Wire everything. Runs migrations and writes the admin token before any request."""
     prepare_home(settings)
-    url = settings.effective_database_url
-    migrate(url)
-    db = Database(url)
-    executor = load_executor(settings.executor, settings=settings)
-    reconciler = Reconciler(db, executor, settings)
-    auth = AuthService(db)
-    auth.bootstrap_admin(settings.admin_token_path)
+    home_lock = lock_home(settings)
+    try:
+        url = settings.effective_database_url
+        migrate(url)
+        db = Database(url)
+    except BaseException:
+        os.close(home_lock)
+        raise
+    try:
+        executor = load_executor(settings.executor, settings=settings)
+        reconciler = Reconciler(db, executor, settings)
+        auth = AuthService(db)
+        auth.bootstrap_admin(settings.admin_token_path)
+    except BaseException:
+        db.close()
+        os.close(home_lock)
+        raise
     jobs = JobService(db, executor, settings, wake=reconciler.wake)
-    return Runtime(settings, db, executor, reconciler, auth, jobs, LogService(jobs, executor))
+    logs = LogService(jobs, executor)
+    return Runtime(settings, db, executor, reconciler, auth, jobs, logs, home_lock)
 
 
 def create_server_app(runtime: Runtime) -> FastAPI:

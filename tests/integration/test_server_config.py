@@ -78,3 +78,14 @@ def test_bad_settings_are_reported_without_a_traceback(tmp_path: Path) -> None:
         result = run_server(env, "--home", home)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    from tests.helpers import make_settings, running_server
+
+    with running_server(make_settings(tmp_path / "home")) as first:
+        result = run_server({}, "--home", str(first.settings.home), "--port", str(free_port()))
+        assert result.returncode == 1, result.stderr
+        assert "another jobyard server" in result.stderr and "Traceback" not in result.stderr
+        with first.client() as http:  # the first one is unharmed
+            assert http.get("/api/v1/whoami").status_code == 200

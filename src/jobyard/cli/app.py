@@ -48,6 +48,7 @@ def server(
     from pydantic import ValidationError
 
     from jobyard.config import Settings
+    from jobyard.errors import JobyardError
     from jobyard.server import serve
 
     # Only options given on the command line override JOBYARD_* variables and the TOML file.
@@ -62,7 +63,11 @@ def server(
     except ValueError as exc:  # e.g. JOBYARD_CONFIG names no file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    serve(settings)
+    try:
+        serve(settings)
+    except JobyardError as exc:  # e.g. another server holds this data directory
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 # After `submit`'s first argument, everything belongs to the job's command (`--` optional).
