@@ -1,32 +1,84 @@
-"""python -m bench [scenario ...] [--quick] [--json PATH]"""
+"""python -m bench [scenario ...] [--quick] [--profile [--gil]] [--no-wrk] [--json PATH]
+
+Benchmarks a real jobyard server (a subprocess on a free loopback port, a fresh temp home per
+scenario). Scenarios: submit (throughput), latency (submit -> RUNNING / SUCCEEDED), drain,
+list (page latency over 100,000 stored jobs), memory (server RSS per running job).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
-from bench.report import show, write
-from bench.scenarios import SCENARIOS
+from bench.profile import render, summarize
+from bench.report import Machine, Result, show, write
+from bench.scenarios import SCENARIOS, Options
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "scenarios", nargs="*", metavar="scenario", help=f"any of: {', '.join(SCENARIOS)} (all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"profile the server with py-spy (its running threads); stacks and summaries\n"
+        f"in {RESULTS}/profiles/",
+    )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="profile as --profile, sampling only the thread holding the GIL",
+    )
+    parser.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check")
+    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="%(default)s")
+    args = parser.parse_args()
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
+    return args
+
+
+def _run(names: list[str], options: Options) -> list[Result]:
+    results: list[Result] = []
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        results += SCENARIOS[name](options)
+        print(f"  {name} took {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        profile = options.profile(name)
+        if profile is not None and profile.exists():
+            summary = render(summarize(profile))
+            profile.with_suffix(".summary.txt").write_text(summary + "\n")
+            print(f"server profile during {name}: {summary}", file=sys.stderr)
+    return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "scenarios",
-        nargs="*",
-        choices=[*SCENARIOS, []],
-        metavar="scenario",
-        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    args = _arguments()
+    names = args.scenarios or list(SCENARIOS)
+    options = Options(
+        quick=args.quick,
+        profiles=RESULTS / "profiles" if args.profile or args.gil else None,
+        gil_only=args.gil,
+        wrk=not args.no_wrk,
     )
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
-    parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
-    args = parser.parse_args()
-    results = []
-    for name in args.scenarios or list(SCENARIOS):
-        print(f"running {name} ...", flush=True)
-        results += SCENARIOS[name](args.quick)
+    machine = Machine()
+    results = _run(names, options)
+    machine.finish()
     show(results)
-    write(results, args.json)
+    settings = {"scenarios": names, "quick": args.quick, "profile": args.profile, "gil": args.gil}
+    write(results, machine, args.json, settings)
     print(f"results written to {args.json}")
 
 

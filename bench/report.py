@@ -1,21 +1,24 @@
-"""Results: one row per figure, printed as a table and written as JSON."""
+"""Results: one row per figure, printed as a table and written as JSON with machine info."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
+    scenario: str
     metric: str
     value: float
     unit: str
@@ -24,41 +27,60 @@ class Result:
     note: str = ""
 
 
-def at_least(metric: str, value: float, unit: str, goal: float, note: str = "") -> Result:
-    return Result(metric, round(value, 2), unit, f">= {goal:g}", value >= goal, note)
+def at_least(
+    scenario: str, metric: str, value: float, unit: str, goal: float, note: str = ""
+) -> Result:
+    return Result(scenario, metric, round(value, 2), unit, f">= {goal:g}", value >= goal, note)
 
 
-def at_most(metric: str, value: float, unit: str, goal: float, note: str = "") -> Result:
-    return Result(metric, round(value, 2), unit, f"<= {goal:g}", value <= goal, note)
+def at_most(
+    scenario: str, metric: str, value: float, unit: str, goal: float, note: str = ""
+) -> Result:
+    return Result(scenario, metric, round(value, 2), unit, f"<= {goal:g}", value <= goal, note)
 
 
-def info(metric: str, value: float, unit: str, note: str = "") -> Result:
-    return Result(metric, round(value, 2), unit, note=note)
+def info(scenario: str, metric: str, value: float, unit: str, note: str = "") -> Result:
+    return Result(scenario, metric, round(value, 2), unit, note=note)
 
 
 def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (p99 of 200 samples is the 198th smallest)."""
+    if not values:
+        raise ValueError("no samples")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    return ordered[max(1, math.ceil(len(ordered) * fraction)) - 1]
+
+
+@dataclass
+class Machine:
+    cpus: int | None = field(default_factory=os.cpu_count)
+    platform: str = field(default_factory=platform.platform)
+    python: str = field(default_factory=lambda: sys.version.split()[0])
+    date: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    )
+    load_average_before: tuple[float, ...] = field(default_factory=os.getloadavg)
+    load_average_after: tuple[float, ...] = ()
+
+    def finish(self) -> None:
+        self.load_average_after = os.getloadavg()
 
 
 def show(results: list[Result]) -> None:
     table = Table(title="jobyard benchmarks")
     for column in ("metric", "value", "unit", "target", "ok", "note"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for r in results:
-        ok = "" if r.ok is None else ("yes" if r.ok else "NO")
+        ok = "" if r.ok is None else ("[green]yes[/]" if r.ok else "[red]NO[/]")
         table.add_row(r.metric, f"{r.value:g}", r.unit, r.target, ok, r.note)
-    Console(width=160).print(table)
+    Console(width=max(Console().width, 150)).print(table)
 
 
-def write(results: list[Result], path: Path) -> None:
+def write(results: list[Result], machine: Machine, path: Path, settings: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    document = {
+        "machine": asdict(machine),
+        "settings": settings,
+        "results": [asdict(r) for r in results],
     }
-    path.write_text(
-        json.dumps({"machine": machine, "results": [asdict(r) for r in results]}, indent=2)
-    )
+    path.write_text(json.dumps(document, indent=2) + "\n")
