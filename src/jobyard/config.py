@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from jobyard.model.job import MAX_ENTRYPOINT_BYTES, MAX_ENV_BYTES, MAX_ENV_VARS, MAX_NAME_LENGTH
+
+MAX_PAGE_SIZE = 500  # the most jobs one list page may return
+MAX_LOG_READ_BYTES = 16 * 2**20  # the most log bytes one read may return
 
 
 def default_home() -> Path:
@@ -26,6 +31,74 @@ class GpuSpec(BaseModel):
     index: int
     model: str = "unknown"
     memory_mib: int = 0
+
+
+class EnvironmentSpec(BaseModel):
+    """One entry of the environment catalog: what `image` (or a face's image id) names.
+
+    For the local executor: a Python virtualenv (its bin/ goes first on PATH), more PATH
+    entries and variables. For executors that run container images: `image`, a reference.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str = ""
+    venv: Path | None = None
+    path_prefix: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None
+
+
+def _default_environments() -> list[EnvironmentSpec]:
+    return [EnvironmentSpec(id="0", name="host", description="this machine's own environment")]
+
+
+class QueueSpec(BaseModel):
+    """A queue: where jobs wait for one pool, with a priority and limits (None: unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    pool: str = "local"
+    priority: int = 0
+    max_running_jobs: Annotated[int | None, Field(ge=0)] = None
+    max_gpus: Annotated[int | None, Field(ge=0)] = None
+    max_cpus: Annotated[float | None, Field(ge=0)] = None
+    max_running_jobs_per_user: Annotated[int | None, Field(ge=0)] = None
+    max_gpus_per_user: Annotated[int | None, Field(ge=0)] = None
+    max_cpus_per_user: Annotated[float | None, Field(ge=0)] = None
+
+
+class SlurmSettings(BaseModel):
+    """The Slurm executor: where its jobs go and how the tools (sbatch, squeue, ...) are found."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = None  # None: the cluster's default partition
+    account: str | None = None
+    qos: str | None = None
+    sbatch_args: list[str] = Field(default_factory=list)  # extra options, e.g. ["--exclusive"]
+    bin_dir: Path | None = None  # where the tools live; None: PATH
+    conf: Path | None = None  # SLURM_CONF for the tools; None: their default
+    one_task_per_node: bool = False  # multi-worker jobs: --nodes=N --ntasks-per-node=1
+    check_submissions: bool = True  # sbatch --test-only once per resource shape, at submit
+    command_timeout_seconds: Annotated[float, Field(gt=0)] = 15.0
+    poll_min_interval_seconds: Annotated[float, Field(ge=0)] = 0.2
+    max_concurrent_commands: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+class PoolSpec(BaseModel):
+    """A resource pool: one executor's capacity. None: discover (local) or ask the executor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    executor: str = "local"
+    cpus: float | None = None
+    memory_mib: int | None = None
+    gpus: list[GpuSpec] | None = None
 
 
 class Settings(BaseSettings):
@@ -48,10 +121,49 @@ class Settings(BaseSettings):
     memory_mib: int | None = None
     gpus: list[GpuSpec] | None = None
     max_tasks: Annotated[int, Field(ge=1)] = 512
+    # Scheduling: retries back off exponentially from the base; the first job blocked longer
+    # than reservation_after_seconds holds what it needs so smaller ones cannot starve it.
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 10.0
+    retry_backoff_max_seconds: Annotated[float, Field(ge=0)] = 600.0
+    reservation_after_seconds: Annotated[float, Field(ge=0)] = 60.0
+    start_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
     default_queue: str = "default"
     default_pool: str = "local"
+    # Pools and queues; empty means one pool of this machine and one default queue.
+    pools: list[PoolSpec] = Field(default_factory=list)
+    queues: list[QueueSpec] = Field(default_factory=list)
+    environments: list[EnvironmentSpec] = Field(default_factory=_default_environments)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     log_level: str = "info"
     access_log: bool = False
+    # The Ray-compatible job API's own listener (on `host`); 0 turns it off.
+    ray_port: Annotated[int, Field(ge=0, le=65535)] = 8265
+    # Largest working-directory package (a zip) a client may upload; unpacked, 10 times this.
+    max_package_bytes: Annotated[int, Field(ge=1)] = 100 * 2**20
+    # Limits: the largest request body (413 beyond it) and, per user, how many jobs may be
+    # unfinished at once (None: no limit; a submission past it is refused with 429).
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 2**20
+    max_live_jobs_per_user: Annotated[int | None, Field(ge=1)] = None
+    # What one job may carry (every face; a 4xx naming the field beyond it), each at most the
+    # model's own ceiling; the largest page a client may ask for (at least the faces' default
+    # page sizes); the most log bytes one read returns.
+    max_entrypoint_bytes: Annotated[int, Field(ge=1, le=MAX_ENTRYPOINT_BYTES)] = (
+        MAX_ENTRYPOINT_BYTES
+    )
+    max_env_vars: Annotated[int, Field(ge=0, le=MAX_ENV_VARS)] = MAX_ENV_VARS
+    max_env_bytes: Annotated[int, Field(ge=0, le=MAX_ENV_BYTES)] = MAX_ENV_BYTES
+    max_name_length: Annotated[int, Field(ge=1, le=MAX_NAME_LENGTH)] = MAX_NAME_LENGTH
+    max_page_size: Annotated[int, Field(ge=50, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE
+    max_log_read_bytes: Annotated[int, Field(ge=1024, le=MAX_LOG_READ_BYTES)] = MAX_LOG_READ_BYTES
+    # SIGTERM: stop accepting, give requests in flight (log streams too) this long, then exit.
+    shutdown_timeout_seconds: Annotated[int, Field(ge=1)] = 5
+    # Interactive access (docs/access.md): the range gateway ports are lent from (on `host`),
+    # the host name job URLs carry (default: `host`), how often leases follow job states.
+    gateway_port_range: Annotated[str, Field(pattern=r"^\d{1,5}-\d{1,5}$")] = "20000-20999"
+    gateway_host: str | None = None
+    gateway_sweep_seconds: Annotated[float, Field(gt=0)] = 0.25
+    # Web terminals: how long a terminal URL's single-use token stays valid.
+    terminal_token_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
     @classmethod
     def settings_customise_sources(
@@ -69,6 +181,55 @@ class Settings(BaseSettings):
                 raise ValueError(f"JOBYARD_CONFIG names {config_file!r}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _check_catalogs(self) -> Settings:
+        pools = [p.name for p in self.effective_pools]
+        if len(set(pools)) != len(pools):
+            raise ValueError(f"pools: names must be unique, got {pools}")
+        for pool in self.effective_pools:
+            if pool.executor != self.executor:
+                raise ValueError(
+                    f"pools: pool {pool.name!r} names executor {pool.executor!r}, but this "
+                    f"server runs the {self.executor!r} executor (one executor per server)"
+                )
+        queues = [q.name for q in self.effective_queues]
+        if len(set(queues)) != len(queues):
+            raise ValueError(f"queues: names must be unique, got {queues}")
+        for queue in self.effective_queues:
+            if queue.pool not in pools:
+                raise ValueError(
+                    f"queues: queue {queue.name!r} names pool {queue.pool!r}; "
+                    f"pools are: {', '.join(pools)}"
+                )
+        ids = [e.id for e in self.environments]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"environments: ids must be unique, got {ids}")
+        ports = self.gateway_ports
+        if not (1 <= ports.start <= ports.stop - 1 <= 65535):
+            raise ValueError("gateway_port_range: must be LOW-HIGH with 1 <= LOW <= HIGH <= 65535")
+        return self
+
+    @property
+    def effective_pools(self) -> list[PoolSpec]:
+        if self.pools:
+            return self.pools
+        return [PoolSpec(name=self.default_pool, executor=self.executor)]
+
+    @property
+    def effective_queues(self) -> list[QueueSpec]:
+        if self.queues:
+            return self.queues
+        return [QueueSpec(name=self.default_queue, pool=self.effective_pools[0].name)]
+
+    def find_environment(self, ref: str | None) -> EnvironmentSpec | None:
+        """The catalog entry `ref` names by id or name; None (or "") means the first entry."""
+        if not ref:
+            return self.environments[0] if self.environments else None
+        for entry in self.environments:
+            if ref in (entry.id, entry.name):
+                return entry
+        return None
 
     @property
     def sqlite_path(self) -> Path:
@@ -89,6 +250,15 @@ class Settings(BaseSettings):
     @property
     def admin_token_path(self) -> Path:
         return self.home / "admin.token"
+
+    @property
+    def gateway_ports(self) -> range:
+        low, high = (int(part) for part in self.gateway_port_range.split("-"))
+        return range(low, high + 1)
+
+    @property
+    def ssh_host_key_path(self) -> Path:
+        return self.home / "ssh_host_ed25519_key"
 
 
 def load_settings(**overrides: Any) -> Settings:

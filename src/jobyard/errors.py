@@ -6,6 +6,7 @@ JobyardError            code="error"
   Conflict              code="conflict"     duplicate submission, illegal transition -> 409
   Unauthorized          code="unauthorized" missing or unknown token         -> 401
   Forbidden             code="forbidden"                                     -> 403
+  LimitExceeded         code="limit_exceeded" a configured limit (names it)    -> 429
   ExecutorRefused       code="unsupported"  a spec this executor cannot run  -> 400
   ExecutorUnavailable   code="unavailable"  engine unreachable               -> 503
 """
@@ -40,6 +41,12 @@ class Unauthorized(JobyardError):
 
 class Forbidden(JobyardError):
     code = "forbidden"
+
+
+class LimitExceeded(JobyardError):
+    """A configured limit (e.g. max_live_jobs_per_user) is reached; `field` names it."""
+
+    code = "limit_exceeded"
 
 
 class ExecutorRefused(JobyardError):

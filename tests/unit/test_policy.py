@@ -1,8 +1,33 @@
-from jobyard.model import JobState
+from jobyard.config import QueueSpec
+from jobyard.model import Job, JobState, Placement
 from jobyard.model.capacity import Capacity, GpuInfo, why_never_fits
 from jobyard.model.job import Resources
-from jobyard.scheduler.policy import Free, place
+from jobyard.scheduler.policy import Candidate, Free, plan
 from tests.factories import make_job, running
+
+
+def place(queued: list[Job], free: Free) -> list[Placement]:
+    """The planner over a pool with `free` left (live jobs already subtracted)."""
+    capacity = Capacity(
+        node=free.node,
+        cpus=free.cpus,
+        memory_mib=free.memory_mib,
+        max_tasks=free.tasks,
+        gpus=free.gpus,
+    )
+    candidates = [
+        Candidate(
+            id=j.id,
+            display_id=j.display_id,
+            owner=j.owner,
+            queue=j.queue,
+            priority=j.priority,
+            spec=j.spec,
+        )
+        for j in queued
+    ]
+    queues = {"default": QueueSpec(name="default")}
+    return plan(candidates, capacity, [], queues, now=0.0, reserve_after=1e9).placements
 
 
 def pool(cpus: float = 4, gpus: int = 0, model: str = "NVIDIA A100", tasks: int = 100) -> Capacity:

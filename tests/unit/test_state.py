@@ -28,6 +28,10 @@ def test_terminal_states_are_never_left(terminal: JobState) -> None:
         [S.QUEUED, S.SCHEDULED, S.STARTING, S.FAILED],
         [S.QUEUED, S.STOPPED],
         [S.QUEUED, S.SCHEDULED, S.QUEUED],
+        # retries: a failed attempt goes back to the queue instead of ending FAILED
+        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.QUEUED, S.SCHEDULED],
+        [S.QUEUED, S.SCHEDULED, S.STARTING, S.QUEUED],
+        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING, S.QUEUED],
     ],
 )
 def test_lifecycle_paths_are_legal(path: list[JobState]) -> None:
@@ -40,7 +44,8 @@ def test_lifecycle_paths_are_legal(path: list[JobState]) -> None:
     [
         (S.QUEUED, S.RUNNING),
         (S.QUEUED, S.SUCCEEDED),
-        (S.RUNNING, S.QUEUED),
+        (S.FAILED, S.QUEUED),
+        (S.STOPPED, S.QUEUED),
         (S.STOPPING, S.RUNNING),
         (S.STOPPING, S.SUCCEEDED),
         (S.STARTING, S.SUCCEEDED),

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -26,6 +27,7 @@ STATUS: dict[type[errors.JobyardError], int] = {
     errors.Conflict: 409,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
+    errors.LimitExceeded: 429,
     errors.ExecutorRefused: 400,
     errors.ExecutorUnavailable: 503,
 }
@@ -80,28 +82,71 @@ def validation_problem(exc: RequestValidationError) -> tuple[int, str, str, str 
     return 422, "invalid", f"{field}: {message}" if field else message, field
 
 
+@dataclass(frozen=True)
+class Problem:
+    """An error, face-neutral: each face renders it in its own envelope."""
+
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    headers: dict[str, str] | None = None
+
+
+ErrorRenderer = Callable[[Problem], Response]
+
+
+def render_native(problem: Problem) -> Response:
+    body = error_body(problem.code, problem.message, problem.field)
+    return JSONResponse(body, problem.status, problem.headers)
+
+
+def register_face_errors(app: FastAPI, prefix: str, render: ErrorRenderer) -> None:
+    """Errors on paths under `prefix` leave in that face's envelope (longest prefix wins)."""
+    renderers: list[tuple[str, ErrorRenderer]] = app.state.error_renderers
+    renderers.append((prefix, render))
+    renderers.sort(key=lambda item: len(item[0]), reverse=True)
+
+
+def _render(request: Request, problem: Problem) -> Response:
+    path = request.url.path
+    renderers: list[tuple[str, ErrorRenderer]] = getattr(request.app.state, "error_renderers", [])
+    for prefix, render in renderers:
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return render(problem)
+    return render_native(problem)
+
+
+def problem_for(exc: errors.JobyardError) -> Problem:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, errors.Unauthorized) else None
+    return Problem(status_for(exc), exc.code, exc.message, exc.field, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.state.error_renderers = []
+
     @app.exception_handler(errors.JobyardError)
-    async def _domain(_request: Request, exc: errors.JobyardError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, errors.Unauthorized) else None
-        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_for(exc), headers)
+    async def _domain(request: Request, exc: errors.JobyardError) -> Response:
+        return _render(request, problem_for(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         status, code, message, field = validation_problem(exc)
-        return JSONResponse(error_body(code, message, field), status)
+        return _render(request, Problem(status, code, message, field))
 
     @app.exception_handler(ValidationError)
-    async def _model(_request: Request, exc: ValidationError) -> JSONResponse:
+    async def _model(request: Request, exc: ValidationError) -> Response:
         status, code, message, field = validation_problem(RequestValidationError(exc.errors()))
-        return JSONResponse(error_body(code, message, field), status)
+        return _render(request, Problem(status, code, message, field))
 
     @app.exception_handler(HTTPException)
-    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        problem = Problem(exc.status_code, code, str(exc.detail), None, headers)
+        return _render(request, problem)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body("internal", "internal server error"), 500)
+        return _render(request, Problem(500, "internal", "internal server error"))

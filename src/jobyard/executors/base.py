@@ -7,12 +7,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from jobyard.errors import JobyardError
+from jobyard.errors import ExecutorRefused, JobyardError
 from jobyard.model import Placement, TaskState
 from jobyard.model.capacity import Capacity, GpuInfo
 
 Handle = dict[str, Any]
-__all__ = ["Capacity", "Executor", "GpuInfo", "Handle", "StartFailed", "StartedTask", "TaskReport"]
+__all__ = [
+    "Capacity",
+    "Executor",
+    "GpuInfo",
+    "Handle",
+    "ShellCommand",
+    "StartFailed",
+    "StartedTask",
+    "TaskReport",
+]
 
 
 class StartFailed(JobyardError):
@@ -27,6 +36,10 @@ class StartedTask:
     pid: int | None
     node: str
     handle: Handle
+    # Handed to a scheduler of the executor's own (Slurm) that has not started it yet: the job
+    # stays STARTING, with poll()'s PENDING message as its pending reason, until a report
+    # says the task runs (or ended).
+    waiting: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,10 +49,26 @@ class TaskReport:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class ShellCommand:
+    """How to open a shell (or run one command) inside a running task, under a pseudo-terminal.
+
+    The caller (web terminal, SSH gateway) spawns `argv` with `env` in `cwd` on this server;
+    for a remote executor `argv` is the command that reaches the task (e.g. `srun --overlap`).
+    """
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+
+
 class Executor(ABC):
     """Runs placements on one kind of infrastructure."""
 
     kind: ClassVar[str]
+    # What else this executor can do for a running task: "shell" (terminals, SSH) and
+    # "ports" (the job's declared ports reachable from this server).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def set_wakeup(self, callback: Callable[[], None]) -> None:
         """Give the executor a callback to call when a task changes (e.g. exits)."""
@@ -81,6 +110,18 @@ class Executor(ABC):
     @abstractmethod
     def release(self, handle: Handle, *, remove_files: bool) -> None:
         """Forget a finished task; with remove_files, delete its log and files too."""
+
+    def shell_command(
+        self,
+        placement: Placement,  # noqa: ARG002 - the contract's arguments, unused by default
+        task_index: int,  # noqa: ARG002
+        handle: Handle,  # noqa: ARG002
+        command: str | None = None,  # noqa: ARG002
+    ) -> ShellCommand:
+        """An interactive login shell (command None), or the shell running the command line
+        `command`, in the running task's environment: its cwd, env and node.
+        Executors without the "shell" capability refuse."""
+        raise ExecutorRefused(f"the {self.kind} executor cannot open a shell into a task")
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a do-nothing default
         """Stop watching tasks. Running tasks are left running (they outlive the server)."""

@@ -11,6 +11,7 @@ from jobyard.executors.base import Executor
 
 BUILTIN: dict[str, str] = {
     "local": "jobyard.executors.local.executor:LocalExecutor",
+    "slurm": "jobyard.executors.slurm.executor:SlurmExecutor",
 }
 
 

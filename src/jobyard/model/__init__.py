@@ -2,9 +2,13 @@
 
 from jobyard.model.events import Event, EventType
 from jobyard.model.job import (
+    Attempt,
     Job,
     JobSpec,
+    PendingReason,
     Placement,
+    PortProtocol,
+    PortSpec,
     Resources,
     StateLogEntry,
     Task,
@@ -21,6 +25,8 @@ from jobyard.model.state import (
 )
 
 __all__ = [
+    "Attempt",
+    "PendingReason",
     "LIVE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
@@ -30,6 +36,8 @@ __all__ = [
     "JobSpec",
     "JobState",
     "Placement",
+    "PortProtocol",
+    "PortSpec",
     "Resources",
     "StateLogEntry",
     "Task",

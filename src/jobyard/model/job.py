@@ -13,11 +13,13 @@ from jobyard.model.state import JobState
 
 MAX_ENTRYPOINT_BYTES = 64 * 1024
 MAX_ENV_BYTES = 256 * 1024
+MAX_ENV_VARS = 4096
+MAX_NAME_LENGTH = 256
 MAX_REPLICAS = 1024
 _ENV_KEY = re.compile(r"^[^=\x00]+$")
-_SUBMISSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-_NAME = re.compile(r"^[^\x00-\x1f]{1,256}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_SUBMISSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+_NAME = re.compile(rf"^[^\x00-\x1f]{{1,{MAX_NAME_LENGTH}}}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,126}[A-Za-z0-9])?$")
 _QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _MEMORY_UNITS: dict[str, float] = {"": 1, "K": 1 / 2**10, "M": 1, "G": 2**10, "T": 2**20}
@@ -84,6 +86,8 @@ class Resources(BaseModel):
 
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
+    if len(env) > MAX_ENV_VARS:
+        raise ValueError(f"env has more than {MAX_ENV_VARS} variables")
     size = 0
     for key, value in env.items():
         if not _ENV_KEY.match(key):
@@ -94,6 +98,34 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     if size > MAX_ENV_BYTES:
         raise ValueError(f"env is larger than {MAX_ENV_BYTES} bytes")
     return env
+
+
+class PortProtocol(enum.StrEnum):
+    SSH = "ssh"
+    HTTP = "http"
+
+
+class PortSpec(BaseModel):
+    """A port the job's program serves, reached through the server's gateway."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: PortProtocol
+
+
+MAX_PORTS = 16
+
+
+def _check_ports(ports: list[PortSpec]) -> list[PortSpec]:
+    if len(ports) > MAX_PORTS:
+        raise ValueError(f"at most {MAX_PORTS} ports")
+    seen: set[int] = set()
+    for item in ports:
+        if item.port in seen:
+            raise ValueError(f"port {item.port} is declared twice")
+        seen.add(item.port)
+    return ports
 
 
 class JobSpec(BaseModel):
@@ -109,6 +141,10 @@ class JobSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = 1
     max_runtime: Annotated[float | None, Field(gt=0, le=365 * 86400)] = None
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 0
+    ports: Annotated[list[PortSpec], AfterValidator(_check_ports)] = Field(default_factory=list)
+    # Shell commands run before the entrypoint, in the same task (e.g. preparing a virtualenv).
+    setup: Annotated[str | None, Field(max_length=MAX_ENTRYPOINT_BYTES)] = None
 
     @field_validator("entrypoint")
     @classmethod
@@ -128,14 +164,22 @@ class JobSpec(BaseModel):
         return _check_env(value)
 
     def argv(self) -> list[str]:
-        if isinstance(self.entrypoint, str):
-            return ["/bin/sh", "-c", self.entrypoint]
-        return list(self.entrypoint)
+        main = (
+            ["/bin/sh", "-c", self.entrypoint]
+            if isinstance(self.entrypoint, str)
+            else list(self.entrypoint)
+        )
+        if not self.setup:
+            return main
+        # The setup runs first in the same shell, which then becomes the entrypoint: what the
+        # setup exports reaches the entrypoint, and a failing setup ends the task with its code.
+        script = f'set -e\n{self.setup}\nset +e\nexec "$@"'
+        return ["/bin/sh", "-c", script, "jobyard-setup", *main]
 
 
 def check_submission_id(value: str) -> str:
     if not _SUBMISSION_ID.match(value):
-        raise ValueError("must be 1-128 characters of letters, digits and ._:@-")
+        raise ValueError("must be 1-128 characters of letters, digits and _.:@-")
     return value
 
 
@@ -157,7 +201,7 @@ def check_labels(value: dict[str, str]) -> dict[str, str]:
     for key, item in value.items():
         if not _LABEL_KEY.match(key):
             raise ValueError(
-                f"label key {key!r} must be 1-128 characters of letters, digits and ._/-"
+                f"label key {key!r} must be 1-128 characters of letters, digits and _./-"
             )
         if len(item) > 256 or "\x00" in item:
             raise ValueError(f"label {key!r}: value must be at most 256 characters, no NUL")
@@ -192,6 +236,29 @@ class Task(BaseModel):
     handle: dict[str, Any] | None = None
 
 
+class Attempt(BaseModel):
+    """An earlier attempt of a retried job, with how it ended."""
+
+    attempt: int
+    exit_code: int | None = None
+    reason: TerminationReason | None = None
+    message: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class PendingReason(enum.StrEnum):
+    """Why a queued job is not running yet (a machine code; the message says more)."""
+
+    WAITING_FOR_CAPACITY = "WAITING_FOR_CAPACITY"
+    GANG_DOES_NOT_FIT_YET = "GANG_DOES_NOT_FIT_YET"
+    NO_MATCHING_GPU_MODEL = "NO_MATCHING_GPU_MODEL"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    PRIORITY = "PRIORITY"
+    BACKOFF = "BACKOFF"
+    EXECUTOR = "EXECUTOR"
+
+
 class Job(BaseModel):
     id: int
     display_id: str
@@ -215,6 +282,14 @@ class Job(BaseModel):
     stop_reason: TerminationReason | None = None
     tasks: list[Task] = Field(default_factory=list)
     state_log: list[StateLogEntry] = Field(default_factory=list)
+    # Retries: the attempt now queued or running (0 first), earlier ones, and the backoff.
+    attempt: int = 0
+    attempts: list[Attempt] = Field(default_factory=list)
+    not_before: datetime | None = None
+    # While queued: why it waits, and how many jobs of its queue are ahead of it.
+    pending_reason: PendingReason | None = None
+    pending_message: str = ""
+    queue_position: int | None = None
 
 
 def task_name(display_id: str, index: int) -> str:

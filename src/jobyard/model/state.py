@@ -34,9 +34,10 @@ LIVE_STATES = frozenset({_S.STARTING, _S.RUNNING, _S.STOPPING})
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _S.QUEUED: frozenset({_S.SCHEDULED, _S.STOPPED, _S.FAILED}),
     _S.SCHEDULED: frozenset({_S.STARTING, _S.QUEUED, _S.STOPPED, _S.FAILED}),
-    _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.FAILED}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.STOPPING}),
-    _S.STOPPING: frozenset({_S.STOPPED, _S.FAILED}),
+    # Back to QUEUED from a started state: only a retry (a failed attempt, max_retries left).
+    _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.FAILED, _S.QUEUED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.STOPPING, _S.QUEUED}),
+    _S.STOPPING: frozenset({_S.STOPPED, _S.FAILED, _S.QUEUED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     _S.STOPPED: frozenset(),

@@ -18,23 +18,35 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
+from typing import Any
 
 from sqlalchemy import Connection
 
 from jobyard.config import Settings
 from jobyard.errors import JobyardError
 from jobyard.executors.base import Executor, StartedTask
-from jobyard.model import EventType, Job, JobSpec, JobState, Placement, TaskState, TerminationReason
+from jobyard.model import (
+    EventType,
+    Job,
+    JobSpec,
+    JobState,
+    PendingReason,
+    Placement,
+    TaskState,
+    TerminationReason,
+)
 from jobyard.scheduler.outcome import Outcome, decide
-from jobyard.scheduler.policy import Free, place
-from jobyard.store import jobs as q
+from jobyard.scheduler.policy import Candidate, Plan, plan
+from jobyard.store import jobs as q, scheduling as sq
 from jobyard.store.db import Database
 
 log = logging.getLogger(__name__)
 
 _WATCHED = (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
-_MAX_QUEUED_READ = 256
+# A failed attempt is retried (when max_retries allows) unless a person or a deadline ended it.
+_NOT_RETRIED = (TerminationReason.STOPPED_BY_USER, TerminationReason.MAX_RUNTIME_EXCEEDED)
 
 
 @dataclass(frozen=True)
@@ -62,17 +74,59 @@ class Reconciler:
         self._dirty: set[int] = set()
         self._queue_changed = True
         self._next_full_reload = 0.0
+        # The queued jobs, kept between passes: new ones are read by id, all ids once per
+        # interval (to drop those stopped or deleted), changed ones when woken for them.
+        self._queued: dict[int, Candidate] = {}
+        self._queued_max_id = 0
+        self._queued_full = True
+        self._queued_dirty: set[int] = set()
+        self._positions: dict[int, int] = {}
+        self._queues = {item.name: item for item in settings.effective_queues}
+        self._backoff_timer: asyncio.TimerHandle | None = None
+        self.leading = False  # whether this server schedules (holds the database's leadership)
         executor.set_wakeup(self._wake.set)
 
     def wake(self, job_id: int | None = None) -> None:
         """Ask for a pass: for a new submission (None) or a change to one job."""
+        if not self.leading:
+            return  # a standby: the leader finds everything on its own next pass
         if job_id is None:
             self._queue_changed = True
         else:
             self._dirty.add(job_id)
+            self._queued_dirty.add(job_id)
+            self._queue_changed = True
         self._wake.set()
 
+    def queue_position(self, job_id: int) -> int | None:
+        """Where a queued job stands in its queue at the last pass (1 is next), or None."""
+        return self._positions.get(job_id)
+
     async def run(self) -> None:
+        leadership = await self._lead()
+        try:
+            await self._run()
+        finally:
+            self.leading = False
+            with contextlib.suppress(Exception):
+                leadership.invalidate()  # really close it: the advisory lock goes with it
+
+    async def _lead(self) -> Connection:
+        """Wait until this server is the one that schedules (immediate on SQLite)."""
+        waited = False
+        while True:
+            conn = await asyncio.to_thread(self._db.try_lead)
+            if conn is not None:
+                self.leading = True
+                if waited:
+                    log.info("this server now schedules and watches jobs")
+                return conn
+            if not waited:
+                log.info("another server schedules this database's jobs; standing by")
+                waited = True
+            await asyncio.sleep(max(1.0, self._settings.reconcile_interval_seconds))
+
+    async def _run(self) -> None:
         await self.recover()
         interval = self._settings.reconcile_interval_seconds
         while True:
@@ -130,6 +184,7 @@ class Reconciler:
             self._live = {job.id: job for job in jobs}
             self._specs = {job.id: job.spec for job in jobs}
             self._queue_changed = True
+            self._queued_full = True
             return True
         if self._dirty:
             ids, self._dirty = sorted(self._dirty), set()
@@ -169,6 +224,7 @@ class Reconciler:
         now = self._clock()
         exits: list[tuple[int, int, q.TaskUpdate]] = []
         touched: dict[int, Job] = {}
+        waiting: dict[int, str] = {}  # STARTING jobs whose tasks an executor still queues
         for (job, task), report in zip(pairs, reports, strict=True):
             if report.state in (TaskState.EXITED, TaskState.LOST):
                 task.state, task.exit_code = report.state, report.exit_code
@@ -177,6 +233,22 @@ class Reconciler:
                 )
                 exits.append((job.id, task.index, update))
                 touched[job.id] = job
+            elif report.state is TaskState.RUNNING and task.state is TaskState.PENDING:
+                task.state = TaskState.RUNNING  # the executor's own scheduler started it
+                exits.append((job.id, task.index, q.TaskUpdate(state=task.state, started_at=now)))
+                touched[job.id] = job
+            elif report.state is TaskState.PENDING and job.state is JobState.STARTING:
+                waiting.setdefault(job.id, report.message or "waiting in the executor's queue")
+        began = [j for j in touched.values() if j.state is JobState.STARTING]
+        for job in began:
+            job.state = JobState.RUNNING  # as written below, before any outcome of the same pass
+            waiting.pop(job.id, None)
+        pending = [
+            (job_id, PendingReason.EXECUTOR, message)
+            for job_id, message in waiting.items()
+            if (self._live[job_id].pending_reason, self._live[job_id].pending_message)
+            != (PendingReason.EXECUTOR, message)
+        ]
         candidates = (
             self._live.values()
             if full
@@ -186,14 +258,74 @@ class Reconciler:
             ]
         )
         outcomes = {job.id: o for job in candidates if (o := decide(job)) is not None}
+        if pending:
+            events = {job_id for job_id, _, _ in pending}  # only changes are written: say each
+            await self._db.write(lambda c: sq.set_pending(c, pending, now, events=events))
+            for job_id, code, message in pending:
+                self._live[job_id].pending_reason = code
+                self._live[job_id].pending_message = message
         if not exits and not outcomes:
             return
-        await self._db.write(partial(_record_outcomes, exits=exits, outcomes=outcomes, now=now))
+        retries = [
+            self._retry_of(
+                self._live[job_id].id,
+                self._live[job_id].attempt,
+                self._live[job_id].spec,
+                self._live[job_id].started_at,
+                o.termination,
+                o.exit_code,
+                o.message,
+                now,
+            )
+            for job_id, o in outcomes.items()
+            if o.final is JobState.FAILED and self._retryable(self._live[job_id], o.termination)
+        ]
+        retried = {r.job_id for r in retries}
+        finals = {k: o for k, o in outcomes.items() if k not in retried}
+        began_ids = [job.id for job in began]
+        await self._db.write(
+            partial(
+                _record_outcomes,
+                exits=exits,
+                outcomes=finals,
+                retries=retries,
+                began=began_ids,
+                now=now,
+            )
+        )
         for job_id, outcome in outcomes.items():
             if outcome.final is not None:
                 self._release(self._live[job_id])
                 self._queue_changed = True
+        self._queued_dirty |= retried
         await self._reload([*touched, *outcomes])
+
+    def _retryable(self, job: Job, why: TerminationReason | None) -> bool:
+        return why not in _NOT_RETRIED and job.attempt < job.spec.max_retries
+
+    def _retry_of(
+        self,
+        job_id: int,
+        attempt: int,
+        spec: JobSpec,
+        started_at: datetime | None,
+        why: TerminationReason | None,
+        exit_code: int | None,
+        message: str,
+        now: float,
+    ) -> sq.Retry:
+        base = self._settings.retry_backoff_seconds
+        delay = min(base * 2**attempt, self._settings.retry_backoff_max_seconds)
+        return sq.Retry(
+            job_id=job_id,
+            attempt=attempt,
+            exit_code=exit_code,
+            termination=why or TerminationReason.EXIT_NONZERO,
+            message=message,
+            started_at=started_at.timestamp() if started_at else None,
+            not_before=now + delay,
+            retries_left=spec.max_retries - attempt - 1,
+        )
 
     def _release(self, job: Job) -> None:
         for task in job.tasks:
@@ -204,6 +336,27 @@ class Reconciler:
 
     async def _enforce(self) -> None:
         now = self._clock()
+        limit = self._settings.start_timeout_seconds
+        stuck = [
+            job
+            for job in self._live.values()
+            if job.state is JobState.STARTING
+            and now - job.updated_at.timestamp() > limit
+            and not all(t.handle is not None for t in job.tasks)  # not queued in Slurm
+        ]
+        if stuck:
+            change = q.Transition(
+                JobState.FAILED,
+                f"stuck in STARTING for more than {limit:g} s",
+                termination=TerminationReason.START_FAILED,
+            )
+            await self._db.write(
+                lambda c: q.transition_many(c, [(job.id, change) for job in stuck], now)
+            )
+            for job in stuck:
+                self._release(job)
+            await self._reload(job.id for job in stuck)
+            self._queue_changed = True
         overdue = [job for job in self._live.values() if _is_overdue(job, now)]
         if overdue:
             stops = [
@@ -229,32 +382,121 @@ class Reconciler:
         if not self._queue_changed:
             return
         self._queue_changed = False
-        free = Free.of(self._executor.capacity(), self._live.values())
-        if free.tasks <= 0:
+        await self._refresh_queued()
+        if not self._queued:
+            self._positions = {}
             return
-        limit = min(free.tasks, _MAX_QUEUED_READ)
-        queued = await self._db.read(
-            lambda c: q.load_jobs(
-                c,
-                q.ids_in_states(c, [JobState.QUEUED], limit=limit),
-                with_log=False,
-                specs=self._specs,
-            )
+        now = self._clock()
+        result = plan(
+            self._queued.values(),
+            self._executor.capacity(),
+            self._live.values(),
+            self._queues,
+            now=now,
+            reserve_after=self._settings.reservation_after_seconds,
         )
-        placements = place(queued, free)
-        if len(queued) == limit and placements:
-            self.wake()  # more may be waiting behind this window: look again
+        self._positions = result.positions
+        await self._record_pending(result, now)
+        self._arm_backoff_timer(result.next_backoff_end, now)
+        placements = result.placements
         if not placements:
             return
+        attempts = {p.job_id: self._queued.pop(p.job_id).attempt for p in placements}
         claimed = await self._db.write(partial(_claim, placements=placements, now=self._clock()))
         started = await asyncio.gather(*(self._start(p) for p in placements if p.job_id in claimed))
-        await self._db.write(partial(_record_starts, started=started, now=self._clock()))
+        now = self._clock()
+        retries = [
+            self._retry_of(
+                r.placement.job_id,
+                attempts[r.placement.job_id],
+                r.placement.spec,
+                None,
+                TerminationReason.START_FAILED,
+                None,
+                r.error or "",
+                now,
+            )
+            for r in started
+            if r.error is not None and r.placement.spec.max_retries > attempts[r.placement.job_id]
+        ]
+        await self._db.write(
+            partial(_record_starts, started=started, retries=retries, now=self._clock())
+        )
+        self._queued_dirty |= {r.job_id for r in retries}
+        if retries:
+            self._queue_changed = True
         await self._reload(p.job_id for p in placements)
-        for result in started:
-            if result.placement.job_id not in self._live:  # deleted while it was starting
-                for task in result.tasks:
+        for result_ in started:
+            if result_.placement.job_id not in self._live:  # deleted while it was starting
+                for task in result_.tasks:
                     await self._executor.stop(task.handle, grace=0)
                     self._executor.release(task.handle, remove_files=True)
+
+    async def _refresh_queued(self) -> None:
+        full, self._queued_full = self._queued_full, False
+        dirty, self._queued_dirty = self._queued_dirty, set()
+        after = self._queued_max_id
+        known = set(self._queued)
+
+        def read(conn: Connection) -> tuple[set[int] | None, list[Any]]:
+            ids = sq.queued_ids(conn) if full else None
+            rows = sq.queued_rows(conn, after_id=after)
+            fetch = set(dirty)
+            if ids is not None:
+                fetch |= {i for i in ids if i <= after and i not in known}
+            if fetch:
+                rows += sq.queued_rows(conn, ids=fetch)
+            return ids, rows
+
+        ids, rows = await self._db.read(read)
+        if ids is not None:
+            for job_id in [i for i in self._queued if i not in ids]:
+                self._queued.pop(job_id)
+        for job_id in dirty:
+            self._queued.pop(job_id, None)  # back below if it is still queued
+        for row in rows:
+            self._queued[row.id] = self._candidate(row)
+            self._queued_max_id = max(self._queued_max_id, row.id)
+
+    def _candidate(self, row: Any) -> Candidate:
+        spec = self._specs.get(row.id) or q.stored_spec(row.spec)
+        self._specs[row.id] = spec
+        reason = PendingReason(row.pending_reason) if row.pending_reason else None
+        return Candidate(
+            id=row.id,
+            display_id=row.display_id,
+            owner=row.owner,
+            queue=row.queue,
+            priority=row.priority,
+            spec=spec,
+            not_before=row.not_before,
+            attempt=row.attempt,
+            pending=(reason, row.pending_message or ""),
+            waiting_since=max(row.created_at, row.not_before or 0.0),
+        )
+
+    async def _record_pending(self, result: Plan, now: float) -> None:
+        """Write the pending reasons that changed; an event where the code changed."""
+        if not result.changed:
+            return
+        changes: list[tuple[int, PendingReason | None, str]] = []
+        events: set[int] = set()
+        for candidate in result.changed:
+            code, message = result.pending[candidate.id]
+            if candidate.pending[0] is not code:
+                events.add(candidate.id)
+            candidate.pending = (code, message)
+            changes.append((candidate.id, code, message))
+        await self._db.write(lambda c: sq.set_pending(c, changes, now, events=events))
+
+    def _arm_backoff_timer(self, until: float | None, now: float) -> None:
+        """Wake when the earliest retry backoff ends, so that attempt starts on time."""
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+            self._backoff_timer = None
+        if until is not None:
+            loop = asyncio.get_running_loop()
+            self._backoff_timer = loop.call_later(max(0.0, until - now) + 0.001, self.wake)
 
     async def _start(self, placement: Placement) -> _Started:
         try:
@@ -278,9 +520,16 @@ def _record_outcomes(
     *,
     exits: Sequence[tuple[int, int, q.TaskUpdate]],
     outcomes: dict[int, Outcome],
+    retries: Sequence[sq.Retry] = (),
+    began: Sequence[int] = (),
     now: float,
 ) -> None:
+    if began:  # jobs an executor's own scheduler (Slurm) has now started: no longer waiting
+        sq.set_pending(conn, [(job_id, None, "") for job_id in began], now)
+        running = q.Transition(JobState.RUNNING, "started by the executor's scheduler")
+        q.transition_many(conn, [(job_id, running) for job_id in began], now)
     q.update_tasks(conn, exits)
+    sq.requeue_for_retry(conn, retries, now)
     finals = [
         (job_id, q.Transition(o.final, o.message, termination=o.termination, exit_code=o.exit_code))
         for job_id, o in outcomes.items()
@@ -326,15 +575,25 @@ def _claim(conn: Connection, *, placements: Sequence[Placement], now: float) -> 
     return claimed
 
 
-def _record_starts(conn: Connection, *, started: Sequence[_Started], now: float) -> None:
+def _record_starts(
+    conn: Connection,
+    *,
+    started: Sequence[_Started],
+    retries: Sequence[sq.Retry] = (),
+    now: float,
+) -> None:
     ok = [r for r in started if r.error is None]
+    sq.requeue_for_retry(conn, retries, now)
+    retried = {r.job_id for r in retries}
     q.update_tasks(
         conn,
         [
             (
                 r.placement.job_id,
                 t.index,
-                q.TaskUpdate(
+                q.TaskUpdate(pid=t.pid, node=t.node, handle=t.handle)
+                if t.waiting
+                else q.TaskUpdate(
                     state=TaskState.RUNNING, pid=t.pid, node=t.node, started_at=now, handle=t.handle
                 ),
             )
@@ -342,13 +601,25 @@ def _record_starts(conn: Connection, *, started: Sequence[_Started], now: float)
             for t in r.tasks
         ],
     )
+    queued = [r for r in ok if r.tasks and all(t.waiting for t in r.tasks)]
+    queued_ids = {r.placement.job_id for r in queued}
+    ok = [r for r in ok if r.placement.job_id not in queued_ids]
+    sq.set_pending(
+        conn,
+        [
+            (r.placement.job_id, PendingReason.EXECUTOR, "handed to the executor's scheduler")
+            for r in queued
+        ],
+        now,
+        events=queued_ids,
+    )
     changes = [
         (
             r.placement.job_id,
             q.Transition(JobState.FAILED, r.error, termination=TerminationReason.START_FAILED),
         )
         for r in started
-        if r.error is not None
+        if r.error is not None and r.placement.job_id not in retried
     ]
     changes += [
         (r.placement.job_id, q.Transition(JobState.RUNNING, _started_message(r.tasks))) for r in ok

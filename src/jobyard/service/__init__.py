@@ -1,5 +1,6 @@
 """The one core API. Faces call this; it enforces ownership and the state machine."""
 
+from jobyard.executors.base import ShellCommand
 from jobyard.service.auth import AuthService, User
 from jobyard.service.jobs import JobQuery, JobRequest, JobService, Submitted
 from jobyard.service.logs import LogQuery, LogService
@@ -11,6 +12,7 @@ __all__ = [
     "JobService",
     "LogQuery",
     "LogService",
+    "ShellCommand",
     "Submitted",
     "User",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -15,18 +16,80 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from jobyard.config import Settings
-from jobyard.errors import Conflict, InvalidInput, NotFound
-from jobyard.executors.base import Executor
-from jobyard.model import Event, Job, JobSpec, JobState, TerminationReason
+from jobyard.config import MAX_PAGE_SIZE, EnvironmentSpec, PoolSpec, QueueSpec, Settings
+from jobyard.errors import (
+    Conflict,
+    ExecutorRefused,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+)
+from jobyard.executors.base import Executor, ShellCommand
+from jobyard.model import (
+    Event,
+    EventType,
+    Job,
+    JobSpec,
+    JobState,
+    Placement,
+    Task,
+    TerminationReason,
+)
 from jobyard.model.capacity import why_never_fits
-from jobyard.model.job import JobName, Labels, Priority, QueueName, SubmissionId
+from jobyard.model.job import (
+    JobName,
+    Labels,
+    Priority,
+    QueueName,
+    SubmissionId,
+    TaskPlacement,
+)
 from jobyard.service.auth import User
-from jobyard.store import jobs as q
+from jobyard.store import (
+    jobs as q,
+    scheduling as store_scheduling,
+    secrets as store_secrets,
+    users as store_users,
+)
 from jobyard.store.db import Database
 
-MAX_PAGE = 500
 _T = TypeVar("_T")
+
+
+class GpuView(BaseModel):
+    index: int
+    model: str
+    in_use: bool
+
+
+class ResourceUse(BaseModel):
+    cpus: float = 0
+    memory_mib: int = 0
+    gpus: int = 0
+    tasks: int = 0
+
+
+class PoolView(BaseModel):
+    """A pool: what it has, what its live jobs hold, and how many run and wait."""
+
+    name: str
+    executor: str
+    node: str
+    capacity: ResourceUse
+    in_use: ResourceUse
+    gpus: list[GpuView]
+    running_jobs: int
+    queued_jobs: int
+
+
+class QueueView(BaseModel):
+    name: str
+    pool: str
+    priority: int
+    limits: dict[str, float | None]
+    running_jobs: int
+    queued_jobs: int
+    in_use: ResourceUse
 
 
 class JobRequest(BaseModel):
@@ -37,6 +100,7 @@ class JobRequest(BaseModel):
     spec: JobSpec
     name: JobName | None = None
     queue: QueueName | None = None
+    pool: QueueName | None = None
     priority: Priority = 0
     labels: Labels = Field(default_factory=dict)
     submission_id: SubmissionId | None = None
@@ -59,10 +123,14 @@ class JobQuery:
     queue: str | None = None
     owner: str | None = None
     name_contains: str | None = None
+    # Matches the name or display_id (substring), or the exact id or submission_id.
+    keyword: str | None = None
     labels: Sequence[tuple[str, str | None]] = ()
     descending: bool = True
     limit: int = 50
     cursor: int | None = None
+    # Rows to skip (faces with numbered pages); the cursor is the cheaper way through a list.
+    offset: int = 0
 
 
 def _scope(user: User) -> str | None:
@@ -75,6 +143,39 @@ def _found(ref: str, value: _T | None) -> _T:
     if value is None:
         raise NotFound(f"job {ref!r} not found", field="job")
     return value
+
+
+def _use_of(jobs: Sequence[Job]) -> ResourceUse:
+    use = ResourceUse()
+    for job in jobs:
+        held = sum(1 for t in job.tasks if not t.state.is_finished())
+        res = job.spec.resources
+        use.cpus += res.cpus * held
+        use.memory_mib += res.memory * held
+        use.gpus += res.gpus * held
+        use.tasks += held
+    return use
+
+
+def _task_of(job: Job, name: str | None) -> Task:
+    if name is None or name == "":
+        if not job.tasks:
+            raise Conflict(f"job {job.display_id} has no tasks yet", field="task")
+        return job.tasks[0]
+    for task in job.tasks:
+        if name in (task.name, str(task.index)):
+            return task
+    raise NotFound(f"job {job.display_id} has no task {name!r}", field="task")
+
+
+def _new_secrets(spec: JobSpec) -> dict[str, str]:
+    """A job that declares ports gets its own SSH password and port token, made here once."""
+    if not spec.ports:
+        return {}
+    return {
+        "ssh_password": secrets.token_urlsafe(18),
+        "port_token": secrets.token_urlsafe(24),
+    }
 
 
 def _default_name(spec: JobSpec) -> str:
@@ -90,8 +191,11 @@ class JobService:
         settings: Settings,
         wake: Callable[[int | None], None],
         clock: Callable[[], float] = time.time,
+        positions: Callable[[int], int | None] | None = None,
     ) -> None:
+        self._positions = positions
         self._db = db
+        self._finished = q.FinishedJobs()  # pages of finished jobs, read once
         self._executor = executor
         self._settings = settings
         self._wake = wake
@@ -99,42 +203,200 @@ class JobService:
 
     # ---- submit -------------------------------------------------------------------------------
 
+    # ---- what can be asked for ------------------------------------------------------------------
+
+    def pools(self) -> list[PoolSpec]:
+        return self._settings.effective_pools
+
+    def queues(self) -> list[QueueSpec]:
+        return self._settings.effective_queues
+
+    def environments(self) -> list[EnvironmentSpec]:
+        return list(self._settings.environments)
+
+    async def pool_views(self) -> list[PoolView]:
+        live, counts = await self._db.read(self._usage)
+        capacity = self._executor.capacity()
+        held = {g for job in live for t in job.tasks if not t.state.is_finished() for g in t.gpus}
+        views = []
+        for pool in self.pools():
+            mine = [job for job in live if job.pool == pool.name]
+            views.append(
+                PoolView(
+                    name=pool.name,
+                    executor=pool.executor,
+                    node=capacity.node,
+                    capacity=ResourceUse(
+                        cpus=capacity.cpus,
+                        memory_mib=capacity.memory_mib,
+                        gpus=len(capacity.gpus),
+                        tasks=capacity.max_tasks,
+                    ),
+                    in_use=_use_of(mine),
+                    gpus=[
+                        GpuView(index=g.index, model=g.model, in_use=g.index in held)
+                        for g in capacity.gpus
+                    ],
+                    running_jobs=len(mine),
+                    queued_jobs=sum(
+                        n
+                        for (queue, state), n in counts.items()
+                        if state == JobState.QUEUED.value
+                        and any(q.name == queue and q.pool == pool.name for q in self.queues())
+                    ),
+                )
+            )
+        return views
+
+    async def queue_views(self) -> list[QueueView]:
+        live, counts = await self._db.read(self._usage)
+        views = []
+        for queue in self.queues():
+            mine = [job for job in live if job.queue == queue.name]
+            limits = queue.model_dump(exclude={"name", "pool", "priority"})
+            views.append(
+                QueueView(
+                    name=queue.name,
+                    pool=queue.pool,
+                    priority=queue.priority,
+                    limits=limits,
+                    running_jobs=len(mine),
+                    queued_jobs=counts.get((queue.name, JobState.QUEUED.value), 0),
+                    in_use=_use_of(mine),
+                )
+            )
+        return views
+
+    @staticmethod
+    def _usage(conn: Connection) -> tuple[list[Job], dict[tuple[str, str], int]]:
+        live_states = [JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING]
+        live = q.load_jobs(conn, q.ids_in_states(conn, live_states), with_log=False)
+        return live, store_scheduling.counts_by_queue(conn)
+
+    def find_environment(self, ref: str | None) -> EnvironmentSpec | None:
+        """The catalog entry an image id or name refers to (None or "": the default entry)."""
+        return self._settings.find_environment(ref)
+
+    def placement_of(self, request: JobRequest) -> tuple[str, str]:
+        """(queue, pool) for a request; an unknown name is an error that lists the valid ones."""
+        queues = {item.name: item for item in self.queues()}
+        pools = [item.name for item in self.pools()]
+        if request.pool is not None and request.pool not in pools:
+            raise InvalidInput(
+                f"unknown pool {request.pool!r}; valid pools: {', '.join(pools)}", field="pool"
+            )
+        if request.queue is None:
+            candidates = [item for item in queues.values() if request.pool in (None, item.pool)]
+            default = queues.get(self._settings.default_queue)
+            if default is not None and default in candidates:
+                queue = default
+            elif candidates:
+                queue = candidates[0]
+            else:
+                raise InvalidInput(f"pool {request.pool!r} has no queue", field="pool")
+        elif request.queue not in queues:
+            raise InvalidInput(
+                f"unknown queue {request.queue!r}; valid queues: {', '.join(queues)}",
+                field="queue",
+            )
+        else:
+            queue = queues[request.queue]
+        if request.pool is not None and queue.pool != request.pool:
+            raise InvalidInput(
+                f"queue {queue.name!r} belongs to pool {queue.pool!r}, not {request.pool!r}",
+                field="queue",
+            )
+        return queue.name, queue.pool
+
     async def submit(self, user: User, request: JobRequest) -> Submitted:
+        self._check_size(request)
+        queue, pool = self.placement_of(request)
         self._check_runnable(request.spec)
         new = q.NewJob(
             owner=user.name,
             submission_id=request.submission_id or f"jobyard-{uuid.uuid4().hex}",
             request_hash=request.fingerprint(),
             name=request.name or _default_name(request.spec),
-            queue=request.queue or self._settings.default_queue,
-            pool=self._settings.default_pool,
+            queue=queue,
+            pool=pool,
             priority=request.priority,
             labels=request.labels,
             spec=request.spec,
         )
-        outcome = await self._write_once(new)
+        secrets = _new_secrets(request.spec)
+        outcome = await self._write_once(new, secrets)
         if isinstance(outcome, Job):
             self._wake(None)
             return Submitted(outcome, created=True)
         return Submitted(await self._load(outcome), created=False)
 
-    async def _write_once(self, new: q.NewJob) -> Job | int:
+    async def _write_once(self, new: q.NewJob, secrets: dict[str, str]) -> Job | int:
         for attempt in range(3):
             try:
-                return await self._db.write(lambda c: self._insert_once(c, new))
+                return await self._db.write(lambda c: self._insert_once(c, new, secrets))
             except IntegrityError:  # a display_id clash, or a twin on another server: again
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _insert_once(self, conn: Connection, new: q.NewJob) -> Job | int:
+    def _insert_once(self, conn: Connection, new: q.NewJob, secrets: dict[str, str]) -> Job | int:
         """The new job, or the id of the job this submission_id already made."""
+        self._check_live_limit(conn, new)
         job = q.insert_new_job_if_absent(conn, new, self._clock())
-        if job is not None:
-            return job
-        found = q.find_by_submission(conn, new.owner, new.submission_id)
-        if found is None:  # the twin was deleted in between: the key is free again
-            return q.insert_new_job(conn, new, self._clock())
+        if job is None:
+            found = q.find_by_submission(conn, new.owner, new.submission_id)
+            if found is not None:
+                return self._same_submission(new, found)
+            # the twin was deleted in between: the key is free again
+            job = q.insert_new_job(conn, new, self._clock())
+        store_secrets.insert_secrets(conn, job.id, secrets)
+        return job
+
+    def _check_size(self, request: JobRequest) -> None:
+        """The configured limits on what one job carries (the model holds the ceilings)."""
+        settings, spec = self._settings, request.spec
+        parts = [spec.entrypoint] if isinstance(spec.entrypoint, str) else spec.entrypoint
+        size = sum(len(part.encode()) for part in parts)
+        if size > settings.max_entrypoint_bytes:
+            raise InvalidInput(
+                f"entrypoint is {size} bytes, longer than max_entrypoint_bytes "
+                f"({settings.max_entrypoint_bytes})",
+                field="entrypoint",
+            )
+        if len(spec.env) > settings.max_env_vars:
+            raise InvalidInput(
+                f"env has {len(spec.env)} variables, more than max_env_vars "
+                f"({settings.max_env_vars})",
+                field="env",
+            )
+        env_bytes = sum(len(k) + len(v) for k, v in spec.env.items())
+        if env_bytes > settings.max_env_bytes:
+            raise InvalidInput(
+                f"env is {env_bytes} bytes, larger than max_env_bytes ({settings.max_env_bytes})",
+                field="env",
+            )
+        if request.name is not None and len(request.name) > settings.max_name_length:
+            raise InvalidInput(
+                f"name is {len(request.name)} characters, longer than max_name_length "
+                f"({settings.max_name_length})",
+                field="name",
+            )
+
+    def _check_live_limit(self, conn: Connection, new: q.NewJob) -> None:
+        """max_live_jobs_per_user: a new job past it is refused (a repeated one is not)."""
+        limit = self._settings.max_live_jobs_per_user
+        if limit is None or q.find_by_submission(conn, new.owner, new.submission_id) is not None:
+            return
+        live = store_users.count_live_jobs(conn, new.owner)
+        if live >= limit:
+            raise LimitExceeded(
+                f"max_live_jobs_per_user: {new.owner!r} has {live} unfinished jobs, the limit "
+                f"is {limit}; wait for some to finish or stop them",
+                field="max_live_jobs_per_user",
+            )
+
+    @staticmethod
+    def _same_submission(new: q.NewJob, found: tuple[int, str]) -> int:
         job_id, fingerprint = found
         if fingerprint != new.request_hash:
             raise Conflict(
@@ -144,6 +406,12 @@ class JobService:
         return job_id
 
     def _check_runnable(self, spec: JobSpec) -> None:
+        if spec.ports and not self.supports("ports"):
+            raise ExecutorRefused(
+                f"the {self._executor.kind} executor cannot reach a job's ports from this "
+                "server (no SSH or HTTP access through the gateway); submit without ports",
+                field="ports",
+            )
         self._executor.check_spec_supported(spec)
         problem = why_never_fits(self._executor.capacity(), spec.resources, spec.replicas)
         if problem is not None:
@@ -151,13 +419,42 @@ class JobService:
 
     # ---- read ---------------------------------------------------------------------------------
 
+    async def secrets(self, user: User, ref: str) -> dict[str, str]:
+        """The job's secrets (ssh_password, port_token), for its owner and admins only."""
+        job_id = await self._resolve(user, ref)
+        return await self._db.read(lambda c: store_secrets.get_secrets(c, job_id))
+
+    async def job_of_secret(self, kind: str, value: str) -> Job | None:
+        """The job a secret opens (a port token, an SSH password), whoever asks: the secret
+        itself is the credential. Compared in the database by exact value."""
+        if not value:
+            return None
+        job_id = await self._db.read(lambda c: store_secrets.find_job_by_secret(c, kind, value))
+        return None if job_id is None else await self._load(job_id)
+
     async def get(self, user: User, ref: str) -> Job:
         scope = _scope(user)
-        return _found(ref, await self._db.read(lambda c: q.find_job(c, ref, scope)))
+        job = _found(ref, await self._db.read(lambda c: q.find_job(c, ref, scope)))
+        return self._with_position(job)
 
-    async def list_jobs(self, user: User, query: JobQuery) -> q.JobPage:
-        if not 1 <= query.limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    def _with_position(self, job: Job) -> Job:
+        if job.state is JobState.QUEUED and self._positions is not None:
+            job.queue_position = self._positions(job.id)
+        return job
+
+    async def list_jobs(
+        self, user: User, query: JobQuery, *, page_field: str | None = None
+    ) -> q.JobPage:
+        """A page of the jobs `user` may see. `page_field`: the face's name for a page size
+        the client chose, which max_page_size bounds (the faces' own scans are not bound)."""
+        top = self._settings.max_page_size if page_field is not None else MAX_PAGE_SIZE
+        if not 1 <= query.limit <= top:
+            raise InvalidInput(
+                f"{page_field or 'limit'} must be between 1 and {top} (max_page_size)",
+                field=page_field or "limit",
+            )
+        if query.offset < 0:
+            raise InvalidInput("offset must not be negative", field="offset")
         owner = query.owner if user.is_admin else user.name
         if not user.is_admin and query.owner not in (None, user.name):
             return q.JobPage(items=[], total=0)
@@ -167,16 +464,32 @@ class JobService:
             queue=query.queue,
             name_contains=query.name_contains,
             labels=query.labels,
+            keyword=query.keyword,
         )
-        return await self._db.read(
+        page = await self._db.read(
             lambda c: q.list_jobs(
-                c, flt, limit=query.limit, cursor=query.cursor, descending=query.descending
+                c,
+                flt,
+                limit=query.limit,
+                cursor=query.cursor,
+                descending=query.descending,
+                offset=query.offset,
+                finished=self._finished,
             )
         )
+        for job in page.items:
+            self._with_position(job)
+        return page
 
     async def events(self, user: User, ref: str) -> list[Event]:
         job_id = await self._resolve(user, ref)
         return await self._db.read(lambda c: q.list_events(c, job_id))
+
+    async def record_event(self, job_id: int, type_: EventType, reason: str, message: str) -> None:
+        """An event on a job from outside the state machine (e.g. an SSH session opened).
+        The message must never carry a secret."""
+        now = self._clock()
+        await self._db.write(lambda c: q.add_event(c, job_id, type_, reason, message, now))
 
     async def _resolve(self, user: User, ref: str) -> int:
         scope = _scope(user)
@@ -187,6 +500,38 @@ class JobService:
         if job is None:
             raise NotFound(f"job {job_id} not found", field="job")
         return job
+
+    # ---- inside a running task ----------------------------------------------------------------
+
+    def supports(self, capability: str) -> bool:
+        """Whether this server's executor can do `capability` ("shell", "ports")."""
+        return capability in self._executor.capabilities
+
+    async def shell(
+        self, user: User, ref: str, task_name: str | None = None, command: str | None = None
+    ) -> tuple[Job, ShellCommand]:
+        """How to open a shell (or run `command`) inside a running task of the user's job.
+
+        `task_name` is a task's name or index; None means the first task. The caller spawns
+        the command under a pseudo-terminal and ends it when the job ends."""
+        job = await self.get(user, ref)
+        task = _task_of(job, task_name)
+        if job.state is not JobState.RUNNING or task.handle is None or task.state.is_finished():
+            raise Conflict(
+                f"task {task.name} of job {ref!r} is not running (job is {job.state.value})",
+                field="task",
+            )
+        placement = Placement(
+            job_id=job.id,
+            display_id=job.display_id,
+            owner=job.owner,
+            spec=job.spec,
+            tasks=[
+                TaskPlacement(index=t.index, name=t.name, node=t.node or "", gpus=t.gpus)
+                for t in job.tasks
+            ],
+        )
+        return job, self._executor.shell_command(placement, task.index, task.handle, command)
 
     # ---- stop and delete ----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from jobyard.config import MAX_LOG_READ_BYTES
 from jobyard.errors import NotFound
 from jobyard.executors.base import Executor
 from jobyard.model import Job, Task
@@ -13,7 +14,7 @@ from jobyard.service.auth import User
 from jobyard.service.jobs import JobService
 
 _CHUNK = 64 * 1024
-MAX_READ = 16 * 2**20
+MAX_READ = MAX_LOG_READ_BYTES
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,18 @@ class LogQuery:
 
 
 class LogService:
-    def __init__(self, jobs: JobService, executor: Executor, *, follow_poll: float = 0.1) -> None:
+    def __init__(
+        self,
+        jobs: JobService,
+        executor: Executor,
+        *,
+        follow_poll: float = 0.1,
+        max_read: int = MAX_READ,
+    ) -> None:
         self._jobs = jobs
         self._executor = executor
         self._follow_poll = follow_poll
+        self._max_read = max_read  # max_log_read_bytes
 
     async def read(self, user: User, ref: str, query: LogQuery) -> bytes:
         job = await self._jobs.get(user, ref)
@@ -36,7 +45,7 @@ class LogService:
         if task.handle is None:
             return b""
         start = self._start_offset(task, query)
-        return self._executor.read_log(task.handle, start, min(query.limit, MAX_READ))
+        return self._executor.read_log(task.handle, start, min(query.limit, self._max_read))
 
     async def follow(self, user: User, ref: str, query: LogQuery) -> AsyncIterator[bytes]:
         """Check the job and task now (so a bad ref is a 404 before any output), then return

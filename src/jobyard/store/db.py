@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
+
+from jobyard.errors import ExecutorUnavailable
 
 T = TypeVar("T")
 _MAX_BATCH = 256
@@ -75,6 +79,10 @@ def migrate(url: str) -> None:
 _Op = tuple[Callable[[Connection], Any], "concurrent.futures.Future[Any]"]
 
 
+# The advisory lock key of the scheduling leader on PostgreSQL ("jobyard" as a number).
+_LEADER_KEY = int.from_bytes(b"jobyard", "big")
+
+
 class Database:
     """The store's entry point. Build one per server (no module-level engine)."""
 
@@ -101,12 +109,37 @@ class Database:
         """Run `fn` in a transaction; return only after its commit is durable."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put((fn, future))
-        return await asyncio.wrap_future(future)
+        with _storage_errors():
+            return await asyncio.wrap_future(future)
 
     def write_sync(self, fn: Callable[[Connection], T]) -> T:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._queue.put((fn, future))
-        return future.result()
+        with _storage_errors():
+            return future.result()
+
+    def try_lead(self) -> Connection | None:
+        """Try to become the one scheduling server of this database; the returned connection
+        holds the leadership until it is closed (or the process dies).
+
+        SQLite: always (the data directory's lock already allows one server). PostgreSQL: a
+        session advisory lock, so several API servers may share one database while exactly one
+        of them starts and watches jobs."""
+        conn = self._writer.connect()
+        if self.is_sqlite:
+            return conn
+        try:
+            with conn.begin():
+                won = conn.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": _LEADER_KEY}
+                ).scalar()
+        except Exception:
+            conn.close()
+            raise
+        if won:
+            return conn
+        conn.close()
+        return None
 
     def close(self) -> None:
         self._queue.put(None)
@@ -169,6 +202,22 @@ class Database:
                 future.set_result(value)
             else:
                 future.set_exception(error)
+
+
+_FULL = ("database or disk is full", "no space left on device", "disk full")
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    """A full disk is the service being unavailable (503 naming it), not an internal error."""
+    try:
+        yield
+    except OperationalError as exc:
+        if not any(sign in str(exc).lower() for sign in _FULL):
+            raise
+        raise ExecutorUnavailable(
+            "cannot store the change: the disk holding jobyard's database is full", field="disk"
+        ) from exc
 
 
 def _run_in_savepoint(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 import string
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -31,11 +34,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from jobyard.errors import NotFound
 from jobyard.model import (
+    Attempt,
     Event,
     EventType,
     Job,
     JobSpec,
     JobState,
+    PortSpec,
     Resources,
     StateLogEntry,
     Task,
@@ -45,7 +50,16 @@ from jobyard.model import (
     event_for,
 )
 from jobyard.model.state import can_transition
-from jobyard.store.tables import EventRow, JobLabelRow, JobRow, StateLogRow, TaskRow
+from jobyard.store.tables import (
+    EventRow,
+    GatewayPortRow,
+    JobAttemptRow,
+    JobLabelRow,
+    JobRow,
+    JobSecretRow,
+    StateLogRow,
+    TaskRow,
+)
 
 _DISPLAY_ALPHABET = string.ascii_letters + string.digits
 _DISPLAY_LEN = 6
@@ -109,6 +123,8 @@ class JobFilter:
     name_contains: str | None = None
     labels: Sequence[tuple[str, str | None]] = ()
     ids: Sequence[int] = ()
+    # A face's search box: a substring of the name or display_id; the exact id or submission_id.
+    keyword: str | None = None
 
 
 @dataclass
@@ -360,7 +376,15 @@ def _log_state(conn: Connection, job_id: int, state: JobState, now: float) -> in
 
 
 def delete_job(conn: Connection, job_id: int) -> None:
-    for table in (EventRow, StateLogRow, TaskRow, JobLabelRow):
+    for table in (
+        EventRow,
+        StateLogRow,
+        TaskRow,
+        JobLabelRow,
+        JobAttemptRow,
+        JobSecretRow,
+        GatewayPortRow,
+    ):
         conn.execute(delete(table).where(table.job_id == job_id))
     conn.execute(delete(JobRow).where(JobRow.id == job_id))
 
@@ -393,16 +417,56 @@ def find_job(conn: Connection, ref: str, owner: str | None) -> Job | None:
     return None if job_id is None else get_job(conn, job_id)
 
 
+class FinishedJobs:
+    """The most recently read finished jobs, whole. A finished job never changes again (it can
+    only be deleted, and ids are never reused), so a page of them that a dashboard or script
+    polls is read from the database once. Callers must not modify the jobs they get."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._jobs: OrderedDict[int, Job] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, Job]:
+        with self._lock:
+            found = {i: self._jobs[i] for i in ids if i in self._jobs}
+            for job_id in found:
+                self._jobs.move_to_end(job_id)
+            return found
+
+    def put_many(self, jobs: Iterable[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                if job.state.is_terminal() and all(
+                    t.state.is_finished() or t.handle is None for t in job.tasks
+                ):
+                    self._jobs[job.id] = job
+            while len(self._jobs) > self._size:
+                self._jobs.popitem(last=False)
+
+
 def load_jobs(
     conn: Connection,
     ids: Sequence[int],
     *,
     with_log: bool = True,
     specs: MutableMapping[int, JobSpec] | None = None,
+    finished: FinishedJobs | None = None,
 ) -> list[Job]:
-    """Load whole jobs in the order of `ids`. `specs` caches parsed specs (they never change)."""
+    """Load whole jobs in the order of `ids`. `specs` caches parsed specs (they never change);
+    `finished` keeps finished jobs (whole: with their log) between calls."""
     if not ids:
         return []
+    if finished is not None and with_log:
+        known = finished.get_many(ids)
+        if known:
+            rest = load_jobs(conn, [i for i in ids if i not in known], specs=specs)
+            finished.put_many(rest)
+            found = {**known, **{job.id: job for job in rest}}
+            return [found[i] for i in ids if i in found]
+        jobs = load_jobs(conn, ids, specs=specs)
+        finished.put_many(jobs)
+        return jobs
     rows = conn.execute(select(JobRow).where(JobRow.id.in_(ids))).all()
     task_query = (
         select(TaskRow).where(TaskRow.job_id.in_(ids)).order_by(TaskRow.job_id, TaskRow.idx)
@@ -415,7 +479,27 @@ def load_jobs(
     cache: MutableMapping[int, JobSpec] = {} if specs is None else specs
     order = {job_id: n for n, job_id in enumerate(ids)}
     rows = sorted(rows, key=lambda row: order[row.id])
-    return jobs_from_rows([(r, tasks.get(r.id, []), log.get(r.id, [])) for r in rows], cache)
+    jobs = jobs_from_rows([(r, tasks.get(r.id, []), log.get(r.id, [])) for r in rows], cache)
+    if with_log:
+        retried = [job for job in jobs if job.attempt > 0]
+        if retried:
+            attempts = _attempts_of(conn, [job.id for job in retried])
+            for job in retried:
+                job.attempts = [Attempt.model_validate(a) for a in attempts.get(job.id, [])]
+    return jobs
+
+
+def _attempts_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    rows = conn.execute(
+        select(JobAttemptRow)
+        .where(JobAttemptRow.job_id.in_(ids))
+        .order_by(JobAttemptRow.job_id, JobAttemptRow.attempt)
+    )
+    found: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        item = row._asdict()
+        found.setdefault(item.pop("job_id"), []).append(item)
+    return found
 
 
 def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:
@@ -423,6 +507,18 @@ def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:
     for row in rows:
         grouped.setdefault(row.job_id, []).append(row)
     return grouped
+
+
+def _keyword(keyword: str) -> Any:
+    escaped = keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    matches = [
+        JobRow.name.ilike(f"%{escaped}%", escape="\\"),
+        JobRow.display_id.ilike(f"%{escaped}%", escape="\\"),
+        JobRow.submission_id == keyword,
+    ]
+    if keyword.isascii() and keyword.isdigit() and int(keyword) <= _MAX_ID:
+        matches.append(JobRow.id == int(keyword))
+    return or_(*matches)
 
 
 def _conditions(flt: JobFilter) -> list[Any]:
@@ -438,6 +534,8 @@ def _conditions(flt: JobFilter) -> list[Any]:
         conditions.append(JobRow.name.ilike(f"%{escaped}%", escape="\\"))  # same on both DBs
     if flt.ids:
         conditions.append(JobRow.id.in_(flt.ids))
+    if flt.keyword:
+        conditions.append(_keyword(flt.keyword))
     for key, value in flt.labels:
         label = and_(JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key)
         if value is not None:
@@ -447,8 +545,17 @@ def _conditions(flt: JobFilter) -> list[Any]:
 
 
 def list_jobs(
-    conn: Connection, flt: JobFilter, *, limit: int, cursor: int | None, descending: bool
+    conn: Connection,
+    flt: JobFilter,
+    *,
+    limit: int,
+    cursor: int | None,
+    descending: bool,
+    offset: int = 0,
+    finished: FinishedJobs | None = None,
 ) -> JobPage:
+    """A page of jobs by id. `cursor` (the last id seen) is the cheap way on; `offset` skips
+    rows instead, for faces that number their pages. `finished`: see FinishedJobs."""
     conditions = _conditions(flt)
     total = int(
         conn.execute(select(func.count()).select_from(JobRow).where(*conditions)).scalar_one()
@@ -457,9 +564,13 @@ def list_jobs(
     if cursor is not None:
         page_query = page_query.where(JobRow.id < cursor if descending else JobRow.id > cursor)
     order = JobRow.id.desc() if descending else JobRow.id.asc()
-    ids = [int(i) for i in conn.execute(page_query.order_by(order).limit(limit + 1)).scalars()]
+    page_query = page_query.order_by(order).limit(limit + 1)
+    if offset:
+        page_query = page_query.offset(offset)
+    ids = [int(i) for i in conn.execute(page_query).scalars()]
     next_cursor = ids[limit - 1] if len(ids) > limit else None
-    return JobPage(items=load_jobs(conn, ids[:limit]), total=total, next_cursor=next_cursor)
+    items = load_jobs(conn, ids[:limit], finished=finished)
+    return JobPage(items=items, total=total, next_cursor=next_cursor)
 
 
 def ids_in_states(
@@ -536,7 +647,12 @@ def _stored_spec(stored: dict[str, Any]) -> JobSpec:
     resources = fields["resources"]
     if isinstance(resources, dict):
         fields["resources"] = Resources.model_construct(**{**_RESOURCE_DEFAULTS, **resources})
+    if fields["ports"]:
+        fields["ports"] = [PortSpec.model_validate(p) for p in fields["ports"]]
     return JobSpec.model_construct(_fields_set=set(stored), **fields)
+
+
+stored_spec = _stored_spec
 
 
 def _task_dict(row: Row[Any]) -> dict[str, Any]:
@@ -563,6 +679,7 @@ def new_job_to_job(new: NewJob, job_id: int, display_id: str, now: float, log_id
         state=JobState.QUEUED,
         created_at=created,
         updated_at=created,
+        attempts=[],  # every default_factory given: model_construct inspects one per call
         tasks=[_new_task(i, f"{display_id}-worker-{i}") for i in range(new.spec.replicas)],
         state_log=[
             StateLogEntry.model_construct(id=log_id, state=JobState.QUEUED, timestamp=created)

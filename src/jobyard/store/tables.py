@@ -29,6 +29,21 @@ class TokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UserKeyRow(Base):
+    """A public key a user registered (SSH into their jobs)."""
+
+    __tablename__ = "user_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class JobRow(Base):
@@ -38,6 +53,7 @@ class JobRow(Base):
         Index("ix_jobs_owner_id", "owner", "id"),
         Index("ix_jobs_state_priority_id", "state", "priority", "id"),
         Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_owner_state_id", "owner", "state", "id"),
         Index("ix_jobs_queue_id", "queue", "id"),
         {"sqlite_autoincrement": True},
     )
@@ -63,6 +79,53 @@ class JobRow(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     stop_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Retries: the attempt now running or queued (0 is the first); when the next may start.
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Why a queued job waits (a machine code and a message), kept by the scheduler.
+    pending_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pending_message: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class JobAttemptRow(Base):
+    """A finished attempt of a job that was retried: its own exit code and reason."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobSecretRow(Base):
+    """Per-job secrets (SSH password, port token): shown only to the owner and admins,
+    never written to events or logs."""
+
+    __tablename__ = "job_secrets"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class GatewayPortRow(Base):
+    """A port of the server's gateway range lent to a live job's declared port.
+
+    The primary key on `port` is what keeps one gateway port from two live jobs."""
+
+    __tablename__ = "gateway_ports"
+    __table_args__ = (Index("ix_gateway_ports_job", "job_id"),)
+
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    task_index: Mapped[int] = mapped_column(Integer, default=0)
+    target_port: Mapped[int] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(16))
+    allocated_at: Mapped[float] = mapped_column(Float)
 
 
 class JobLabelRow(Base):

@@ -24,9 +24,17 @@ from typing import Any, ClassVar
 
 import psutil
 
-from jobyard.config import Settings
+from jobyard.config import EnvironmentSpec, Settings
 from jobyard.errors import ExecutorRefused
-from jobyard.executors.base import Capacity, Executor, Handle, StartedTask, StartFailed, TaskReport
+from jobyard.executors.base import (
+    Capacity,
+    Executor,
+    Handle,
+    ShellCommand,
+    StartedTask,
+    StartFailed,
+    TaskReport,
+)
 from jobyard.executors.local.gpus import discover_gpus
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
@@ -46,16 +54,23 @@ _SUPERVISOR = (
 
 class LocalExecutor(Executor):
     kind: ClassVar[str] = "local"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"shell", "ports"})
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._logs_dir = settings.logs_dir.resolve()
         self._jobs_dir = settings.jobs_dir.resolve()
         self._node = settings.node_name
+        # A pool's declared capacity wins over the top-level settings; unset means discover.
+        pool = settings.effective_pools[0]
+        cpus = pool.cpus if pool.cpus is not None else settings.cpus
         self._capacity = Capacity(
             node=settings.node_name,
-            cpus=settings.cpus if settings.cpus is not None else float(os.cpu_count() or 1),
-            memory_mib=settings.memory_mib or psutil.virtual_memory().total // 2**20,
-            gpus=discover_gpus(settings.gpus),
+            cpus=cpus if cpus is not None else float(os.cpu_count() or 1),
+            memory_mib=pool.memory_mib
+            or settings.memory_mib
+            or psutil.virtual_memory().total // 2**20,
+            gpus=discover_gpus(pool.gpus if pool.gpus is not None else settings.gpus),
             max_tasks=settings.max_tasks,
         )
         self._children: dict[int, int | None] = {}  # pid -> pidfd of the tasks we spawned
@@ -71,11 +86,23 @@ class LocalExecutor(Executor):
 
     def check_spec_supported(self, placement_spec: Any) -> None:
         if isinstance(placement_spec, JobSpec) and placement_spec.image:
+            self._environment_of(placement_spec)
+
+    def _environment_of(self, spec: JobSpec) -> EnvironmentSpec | None:
+        """The catalog entry the spec's image names; a container image is refused."""
+        entry = self._settings.find_environment(spec.image)
+        if spec.image is None and (entry is None or entry.image is not None):
+            return None  # no catalog entry for the host: the server's own environment
+        if entry is None or entry.image is not None:
+            known = ", ".join(
+                f"{e.id} ({e.name})" for e in self._settings.environments if e.image is None
+            )
             raise ExecutorRefused(
-                "the local executor runs processes on this machine and cannot run container "
-                "images; leave 'image' out or use an executor that runs images",
+                f"the local executor runs processes on this machine and cannot run the container "
+                f"image {spec.image!r}; use an environment of the catalog: {known or 'none'}",
                 field="image",
             )
+        return entry
 
     async def start(self, placement: Placement) -> list[StartedTask]:
         self.check_spec_supported(placement.spec)
@@ -109,6 +136,25 @@ class LocalExecutor(Executor):
         escaped = _descendants(pid)
         _signal_group(pid, signal.SIGTERM)
         self._stopping[pid] = asyncio.create_task(self._kill_after(handle, grace, escaped))
+
+    def shell_command(
+        self,
+        placement: Placement,
+        task_index: int,
+        handle: Handle,
+        command: str | None = None,
+    ) -> ShellCommand:
+        task = next((t for t in placement.tasks if t.index == task_index), None)
+        if task is None or not self._owns(handle):
+            raise ExecutorRefused(f"task {task_index} of job {placement.job_id} is not running")
+        env = self._environment(placement, task)
+        if placement.master_port is None:
+            env.pop("MASTER_PORT", None)  # the task's own port is not known here: do not lie
+        shell = _login_shell(env)
+        env.setdefault("TERM", "xterm-256color")
+        env["SHELL"] = shell
+        argv = [shell, "-c", command] if command is not None else [shell, "-i"]
+        return ShellCommand(argv=argv, env=env, cwd=str(self._working_dir(placement)))
 
     def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
         try:
@@ -181,6 +227,8 @@ class LocalExecutor(Executor):
     ) -> int:
         """posix_spawn the supervisor in a new session; output appended to the log file."""
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            exit_path.unlink()  # a retried task: the earlier attempt's exit code is not this one's
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
@@ -244,6 +292,15 @@ class LocalExecutor(Executor):
     def _environment(self, placement: Placement, task: TaskPlacement) -> dict[str, str]:
         # The server's own JOBYARD_* settings (tokens, database URLs) never reach a job.
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")}
+        entry = self._environment_of(placement.spec)
+        if entry is not None:
+            prefix = list(entry.path_prefix)
+            if entry.venv is not None:
+                prefix.insert(0, str(entry.venv / "bin"))
+                env["VIRTUAL_ENV"] = str(entry.venv)
+            if prefix:
+                env["PATH"] = os.pathsep.join([*prefix, env.get("PATH", os.defpath)])
+            env.update(entry.env)
         env.update(placement.spec.env)
         env.update(
             JOBYARD_JOB_ID=str(placement.job_id),
@@ -255,14 +312,25 @@ class LocalExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in task.gpus)
         replicas = len(placement.tasks)
         if replicas > 1:
-            env.update(
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(placement.master_port or _free_port()),
-                WORLD_SIZE=str(replicas),
-                RANK=str(task.index),
-                NODE_RANK=str(task.index),
-                LOCAL_RANK="0",
-            )
+            dist = {
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(placement.master_port or _free_port()),
+                "WORLD_SIZE": str(replicas),
+                "RANK": str(task.index),
+                "NODE_RANK": str(task.index),
+                "LOCAL_RANK": "0",
+                "NNODES": str(replicas),
+                "NPROC_PER_NODE": "1",
+            }
+            env.update(dist)
+            env.update({f"JOBYARD_{key}": value for key, value in dist.items()})
+        # Declared ports: the program listens on the port it declared (on this machine); the
+        # gateway reaches it there. PORT is set when there is exactly one HTTP port.
+        for item in placement.spec.ports:
+            env[f"JOBYARD_PORT_{item.port}"] = str(item.port)
+        http = [item.port for item in placement.spec.ports if item.protocol == "http"]
+        if len(http) == 1:
+            env["PORT"] = str(http[0])
         return env
 
     # ---- watching and stopping ----------------------------------------------------------------
@@ -368,6 +436,14 @@ def _read_exit_file(path: str | None) -> int | None:
         return int(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _login_shell(env: dict[str, str]) -> str:
+    """bash where the machine has it (what users expect in a terminal), else sh."""
+    for candidate in (env.get("SHELL", ""), "/bin/bash", "/bin/sh"):
+        if candidate and os.path.isabs(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return "/bin/sh"
 
 
 def _free_port() -> int:
