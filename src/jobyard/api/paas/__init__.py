@@ -1,0 +1,1 @@
+"""Seed 000: the GPU-cloud PaaS job API (/v1/job...)."""

@@ -1,0 +1,6 @@
+"""The training-job face (seed 002): /api/jobs, its status names and its envelope."""
+
+from jobyard.api.training.mapping import render_problem
+from jobyard.api.training.routes import router
+
+__all__ = ["render_problem", "router"]
