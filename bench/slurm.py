@@ -1,0 +1,249 @@
+"""jobyard onto Slurm beside plain `sbatch`, in the same run on the same cluster.
+
+Latency: submit -> the job's first output line, for `sbatch --wrap` and for a POST to jobyard
+(JOBYARD_EXECUTOR=slurm), alternating, each after a random 0-1 s pause so that neither is
+phase-locked to slurmctld's one-second scheduling loop; both watch the log file every 10 ms.
+Throughput: N trivial jobs handed to Slurm, by `sbatch` (sequential, and 4 at a time as the
+executor runs them) and through jobyard (8 concurrent clients; until every job has its Slurm
+id, i.e. each runs, has ended, or waits in Slurm's queue). Skipped, with a row saying why,
+without a cluster (`.ci/slurm-setup.sh` starts one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench import load
+from bench.client import Connection
+from bench.report import Result, at_most, info, percentile
+
+if TYPE_CHECKING:
+    from bench.scenarios import Options
+    from bench.server import Server
+
+NOT_YET = ("QUEUED", "SCHEDULED")  # and STARTING until sbatch has taken it (pending EXECUTOR)
+LIVE = "QUEUED,SCHEDULED,STARTING,RUNNING,STOPPING"
+
+
+def find_conf() -> str | None:
+    if os.environ.get("SLURM_CONF"):
+        return os.environ["SLURM_CONF"]
+    user = pwd.getpwuid(os.getuid()).pw_name
+    for candidate in (f"/var/tmp/jobyard-slurm-{user}/slurm.conf", "/etc/slurm/slurm.conf"):
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def _env(conf: str | None) -> dict[str, str]:
+    return {**os.environ, **({"SLURM_CONF": conf} if conf else {})}
+
+
+def _why_not(conf: str | None) -> str | None:
+    if shutil.which("sbatch") is None:
+        return "Slurm is not installed (run .ci/slurm-setup.sh)"
+    ping = subprocess.run(
+        ["scontrol", "ping"], env=_env(conf), capture_output=True, text=True, check=False
+    )
+    return None if ping.returncode == 0 else "no Slurm cluster answers (scontrol ping)"
+
+
+def _sbatch(conf: str | None, output: str, command: str) -> str:
+    done = subprocess.run(
+        ["sbatch", "--parsable", f"--output={output}", f"--wrap={command}"],
+        env=_env(conf),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().split(";")[0]
+
+
+def _wait_output(path: Path, t0: float, timeout: float = 60) -> float:
+    while time.perf_counter() - t0 < timeout:
+        try:
+            if path.read_bytes().startswith(b"started"):
+                return time.perf_counter() - t0
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"no output in {path} within {timeout:g} s")
+
+
+def _wait_slurm_idle(conf: str | None, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(
+        ["squeue", "-h", "-o", "%i"], env=_env(conf), capture_output=True, text=True, check=False
+    ).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError("Slurm still has jobs after the benchmark's wait")
+        time.sleep(0.2)
+
+
+async def _count(conn: Connection, states: str) -> int:
+    return int((await conn.get(f"/api/v1/jobs?state={states}&limit=1")).check().json()["total"])
+
+
+def _handed(job: dict[str, object]) -> bool:
+    """sbatch has taken the job: it runs (or ended), or waits in Slurm's queue (STARTING with
+    pending reason EXECUTOR)."""
+    if job["state"] in NOT_YET:
+        return False
+    return job["state"] != "STARTING" or job["pending_reason"] == "EXECUTOR"
+
+
+async def _wait_handed(conn: Connection, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = await _count(conn, ",".join(NOT_YET))
+        if waiting == 0:
+            page = (await conn.get("/api/v1/jobs?state=STARTING&limit=500")).check().json()
+            waiting = sum(1 for job in page["items"] if not _handed(job))
+        if waiting == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{waiting} jobs not handed to Slurm within {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+async def _wait_count(conn: Connection, states: str, wanted: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while await _count(conn, states) != wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not {wanted} jobs in {states} within {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+# ---- latency -----------------------------------------------------------------------------------
+
+
+async def _jobyard_trip(server: Server) -> tuple[float, float]:
+    """(POST -> handed to Slurm, POST -> first output) of one `echo started` job."""
+    body = json.dumps({"entrypoint": "echo started"}).encode()
+    async with await Connection.open(server.target) as conn:
+        t0 = time.perf_counter()
+        job = (await conn.post("/api/v1/jobs", body)).check().json()
+        log = server.home / "logs" / str(job["id"]) / f"{job['display_id']}-worker-0.log"
+        handed = None
+        while handed is None:
+            if _handed((await conn.get(f"/api/v1/jobs/{job['id']}")).check().json()):
+                handed = time.perf_counter() - t0
+            else:
+                await asyncio.sleep(0.005)
+        return handed, await asyncio.to_thread(_wait_output, log, t0)
+
+
+def _latency(server: Server, conf: str | None, runs: int, scratch: Path) -> list[Result]:
+    plain, through, handed = [], [], []
+    for i in range(runs):
+        time.sleep(random.uniform(0, 1))
+        out = scratch / f"lat-{i}.out"
+        t0 = time.perf_counter()
+        _sbatch(conf, str(out), "echo started")
+        plain.append(_wait_output(out, t0))
+        time.sleep(random.uniform(0, 1))
+        to_slurm, to_output = asyncio.run(_jobyard_trip(server))
+        handed.append(to_slurm)
+        through.append(to_output)
+    note = f"{runs} jobs each, alternating, 0-1 s jitter; log file polled every 10 ms"
+    p50 = {name: percentile(v, 0.5) * 1000 for name, v in (("plain", plain), ("jy", through))}
+    return [
+        info("slurm", "sbatch -> first output p50", p50["plain"], "ms", note),
+        info("slurm", "sbatch -> first output p99", percentile(plain, 0.99) * 1000, "ms", note),
+        info("slurm", "jobyard POST -> first output p50", p50["jy"], "ms", note),
+        info("slurm", "jobyard POST -> first output p99", percentile(through, 0.99) * 1000, "ms"),
+        info(
+            "slurm",
+            "jobyard POST -> sbatch done (job in Slurm's hands) p50",
+            percentile(handed, 0.5) * 1000,
+            "ms",
+            "POST, reconciler pass, sbatch; the job then waits for Slurm's scheduling loop",
+        ),
+        at_most(
+            "slurm",
+            "latency overhead of jobyard (p50 difference)",
+            p50["jy"] - p50["plain"],
+            "ms",
+            50,
+            "jobyard POST -> first output minus sbatch -> first output",
+        ),
+    ]
+
+
+# ---- throughput --------------------------------------------------------------------------------
+
+
+def _sbatch_rate(conf: str | None, total: int, parallel: int) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda _: _sbatch(conf, "/dev/null", "true"), range(total)))
+    return total / (time.perf_counter() - t0)
+
+
+async def _jobyard_rate(server: Server, total: int) -> tuple[float, float]:
+    """(jobs/s handed to Slurm, jobs/s accepted by the API) for `total` concurrent POSTs."""
+    t0 = time.perf_counter()
+    run = await load.run_load(server.target, 8, count=total)
+    async with await Connection.open(server.target) as conn:
+        await _wait_handed(conn)
+        handed = time.perf_counter() - t0
+        await _wait_count(conn, LIVE, 0)  # let them finish before anything else runs
+    return total / handed, run.rate
+
+
+def _throughput(server: Server, conf: str | None, total: int) -> list[Result]:
+    sequential = _sbatch_rate(conf, total, 1)
+    _wait_slurm_idle(conf)
+    parallel = _sbatch_rate(conf, total, 4)
+    _wait_slurm_idle(conf)
+    through, accepted = asyncio.run(_jobyard_rate(server, total))
+    note = f"{total} `true` jobs"
+    return [
+        info("slurm", "sbatch submits/s, sequential", sequential, "jobs/s", note),
+        info("slurm", "sbatch submits/s, 4 in parallel", parallel, "jobs/s", note),
+        info(
+            "slurm",
+            "jobyard submits/s onto Slurm",
+            through,
+            "jobs/s",
+            f"{note}, 8 clients; first POST -> all handed to sbatch (API accepted "
+            f"{accepted:.0f}/s); the executor runs 4 sbatch at a time",
+        ),
+        Result(
+            "slurm",
+            "jobyard throughput vs sbatch 4 in parallel",
+            round(through / parallel * 100, 1),
+            "%",
+            ">= 80",
+            through / parallel >= 0.8,
+            "goal: jobyard costs at most 20% of sbatch's throughput",
+        ),
+    ]
+
+
+def slurm(options: Options) -> list[Result]:
+    conf = find_conf()
+    why = _why_not(conf)
+    if why is not None:
+        return [info("slurm", f"skipped: {why}", 0, "")]
+    settings = {"executor": "slurm", **({"slurm__conf": conf} if conf else {})}
+    runs, total = (6, 50) if options.quick else (20, 200)
+    with (
+        tempfile.TemporaryDirectory(prefix="jobyard-bench-slurm-", dir="/var/tmp") as scratch,
+        options.server("slurm", **settings) as server,
+    ):
+        _wait_slurm_idle(conf)
+        results = _latency(server, conf, runs, Path(scratch))
+        _wait_slurm_idle(conf)
+        return results + _throughput(server, conf, total)

@@ -1,0 +1,1 @@
+"""The Slurm executor: jobs on an existing Slurm cluster (sbatch, squeue, scancel, srun)."""

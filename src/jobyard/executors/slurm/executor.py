@@ -1,0 +1,510 @@
+"""Jobs on an existing Slurm cluster, through its command-line tools.
+
+One jobyard job is one Slurm batch job (`sbatch --parsable`, script on stdin); its tasks are the
+job's Slurm tasks. Polling is one `squeue` for every live job per pass (rate-limited); a job's
+final exit code comes from the supervisor's `.exit` file, else from `scontrol show job` or
+`sacct`. Stop is `scancel --signal=TERM --full`, then Slurm's cancel after the grace period
+(which kills what is left after the cluster's KillWait).
+A terminal is `srun --jobid <id> --overlap --pty` into the running allocation. Handles carry
+the Slurm job id, so a restarted server reattaches by polling; a job Slurm no longer knows
+(and that left no exit code) is LOST.
+
+Why the CLI rather than slurmrestd: the tools work on every cluster where the server's user
+may submit, with the site's own auth (munge) and no JWT or REST deployment; slurmrestd's API
+versions change with every Slurm release. What it costs (a process per call) is bounded by
+batching the polls and a small pool of concurrent commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from jobyard.config import EnvironmentSpec, Settings
+from jobyard.errors import Conflict, ExecutorRefused, ExecutorUnavailable
+from jobyard.executors.base import (
+    Capacity,
+    Executor,
+    Handle,
+    ShellCommand,
+    StartedTask,
+    StartFailed,
+    TaskReport,
+)
+from jobyard.executors.slurm import parse
+from jobyard.executors.slurm.commands import Result, Tools
+from jobyard.executors.slurm.script import build_submission, job_name, resource_args
+from jobyard.model import JobSpec, Placement, TaskState
+
+log = logging.getLogger(__name__)
+
+_CHECK_TTL = 60.0  # seconds a --test-only verdict for one resource shape is reused
+_CAPACITY_TTL = 60.0
+_CANCEL_ATTEMPTS = 5  # scancel tries before a stop gives up (with a warning)
+_SIGNALLED = {"CANCELLED": 128 + 15, "TIMEOUT": 128 + 15, "OUT_OF_MEMORY": 128 + 9}
+
+
+class SlurmExecutor(Executor):
+    kind: ClassVar[str] = "slurm"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"shell"})
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._slurm = settings.slurm
+        self._tools = Tools(settings.slurm)
+        self._logs_dir = settings.logs_dir.resolve()
+        self._jobs_dir = settings.jobs_dir.resolve()
+        self._node = f"slurm:{settings.slurm.partition or 'default'}"
+        self._capacity = self._read_capacity(self._tools.run_sync("sinfo", self._sinfo_args()))
+        self._capacity_at = time.monotonic()
+        self._checked: dict[tuple[str, ...], tuple[float, str | None]] = {}
+        self._seen: dict[str, parse.SlurmJob] = {}  # last squeue line per Slurm job id
+        self._seen_at = 0.0
+        self._finals: dict[str, TaskReport] = {}  # ended jobs' reports (exit code looked up)
+        self._sacct_disabled = False
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._stopped: set[str] = set()
+        self._names: dict[str, str] = {}  # Slurm job id -> the job name jobyard gave it
+
+    # ---- capacity and refusals ----------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        return self._capacity
+
+    def _sinfo_args(self) -> list[str]:
+        args = ["-h", "-N", "-o", parse.SINFO_FORMAT]
+        if self._slurm.partition:
+            args += ["-p", self._slurm.partition]
+        return args
+
+    def _read_capacity(self, result: Result) -> Capacity:
+        nodes = parse.parse_sinfo(result.stdout) if result.ok else []
+        if not nodes:
+            where = f"partition {self._slurm.partition!r}" if self._slurm.partition else "Slurm"
+            why = "no nodes" if result.ok else result.error
+            raise ExecutorUnavailable(f"cannot read the nodes of {where} (sinfo: {why})")
+        return Capacity(
+            node=self._node,
+            cpus=float(sum(n.cpus for n in nodes)),
+            memory_mib=sum(n.memory_mib for n in nodes),
+            gpus=parse.gpu_inventory(nodes),
+            max_tasks=self._settings.max_tasks,
+        )
+
+    async def _refresh_capacity(self) -> None:
+        if time.monotonic() - self._capacity_at < _CAPACITY_TTL:
+            return
+        self._capacity_at = time.monotonic()
+        with contextlib.suppress(ExecutorUnavailable):  # keep the last known inventory
+            self._capacity = self._read_capacity(await self._tools.run("sinfo", self._sinfo_args()))
+
+    def check_spec_supported(self, placement_spec: Any) -> None:
+        """Images are refused; anything else is asked of Slurm (`sbatch --test-only`), once per
+        resource shape a minute: a miss costs one sbatch run (about 10 ms) in the caller."""
+        if not isinstance(placement_spec, JobSpec):
+            return
+        self._environment_of(placement_spec)
+        if not self._slurm.check_submissions:
+            return
+        shape = tuple(self._resources(placement_spec))
+        cached = self._checked.get(shape)
+        if cached is None or time.monotonic() - cached[0] > _CHECK_TTL:
+            cached = (time.monotonic(), self._test_only(list(shape)))
+            self._checked[shape] = cached
+        if cached[1] is not None:
+            raise ExecutorRefused(f"Slurm cannot run this job: {cached[1]}", field="resources")
+
+    def _test_only(self, shape: list[str]) -> str | None:
+        args = ["--test-only", "--chdir=/", "--output=/dev/null", *shape, "--wrap=true"]
+        result = self._tools.run_sync("sbatch", args, timeout=5)
+        if result.ok:
+            return None
+        if result.unreachable:
+            raise ExecutorUnavailable(f"Slurm does not answer: {result.error}")
+        return result.error.removeprefix("allocation failure: ")
+
+    def _resources(self, spec: JobSpec) -> list[str]:
+        return resource_args(
+            spec,
+            self._slurm,
+            gpu_type=self._gpu_type(spec.resources.gpu_model),
+            grace=self._settings.stop_grace_seconds,
+        )
+
+    def _gpu_type(self, wanted: str | None) -> str | None:
+        """The gres type a requested model names: exact, else the one it is part of; an unknown
+        model goes to Slurm as given (and Slurm refuses it)."""
+        if not wanted:
+            return None
+        kinds = {g.model for g in self._capacity.gpus}
+        for kind in sorted(kinds):
+            if kind.lower() == wanted.lower():
+                return kind
+        for kind in sorted(kinds):
+            if wanted.lower() in kind.lower():
+                return kind
+        return wanted
+
+    def _environment_of(self, spec: JobSpec) -> EnvironmentSpec | None:
+        entry = self._settings.find_environment(spec.image)
+        if spec.image is None and (entry is None or entry.image is not None):
+            return None
+        if entry is None or entry.image is not None:
+            raise ExecutorRefused(
+                f"the slurm executor runs jobs as processes on the cluster's nodes and cannot "
+                f"run the container image {spec.image!r}",
+                field="image",
+            )
+        return entry
+
+    # ---- start --------------------------------------------------------------------------------
+
+    async def start(self, placement: Placement) -> list[StartedTask]:
+        self._environment_of(placement.spec)
+        try:
+            files, cwd = self._prepare(placement)
+        except OSError as exc:
+            raise StartFailed(f"cannot prepare job {placement.job_id}: {exc}") from exc
+        name = job_name(placement.job_id, placement.display_id)
+        submission = build_submission(
+            name=name,
+            spec=placement.spec,
+            argv=placement.spec.argv(),
+            env=self._job_env(placement),
+            cwd=cwd,
+            task_files=files,
+            resources=self._resources(placement.spec),
+            srun=self._tools.path("srun"),
+            scontrol=self._tools.path("scontrol"),
+            master_port=placement.master_port,
+        )
+        result = await self._tools.run("sbatch", submission.args, stdin=submission.script)
+        slurm_id = result.stdout.strip().split(";")[0]
+        if not result.ok or not slurm_id.isdigit():
+            raise StartFailed(f"sbatch refused {name}: {result.error}")
+        return [
+            StartedTask(
+                index=task.index,
+                pid=None,
+                node=self._node,
+                waiting=True,  # in Slurm's queue until squeue says otherwise
+                handle={
+                    "slurm_job_id": slurm_id,
+                    "name": name,
+                    "task": task.index,
+                    "log": f"{path}.log",
+                    "exit": f"{path}.exit",
+                    "node_file": f"{path}.node",
+                    "batch_log": f"{str(files[0])[:-1]}batch.log" if len(files) > 1 else None,
+                    "cwd": str(cwd),
+                },
+            )
+            for task, path in zip(placement.tasks, files, strict=True)
+        ]
+
+    def _prepare(self, placement: Placement) -> tuple[list[Path], Path]:
+        tasks = placement.tasks
+        if len(tasks) > 1 and any(
+            t.name != f"{tasks[0].name[:-1]}{t.index}" or t.index != i for i, t in enumerate(tasks)
+        ):
+            raise StartFailed("multi-worker task names must be <prefix><index>, from 0")
+        log_dir = self._logs_dir / str(placement.job_id)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        files = [log_dir / task.name for task in tasks]
+        for path in files:
+            for suffix in (".exit", ".node"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{path}{suffix}")
+        if placement.spec.working_dir:
+            cwd = Path(placement.spec.working_dir)
+            if not cwd.is_dir():
+                raise StartFailed(f"working_dir {str(cwd)!r} does not exist or is not a directory")
+        else:
+            cwd = self._jobs_dir / str(placement.job_id)
+            cwd.mkdir(parents=True, exist_ok=True)
+        return files, cwd
+
+    def _job_env(self, placement: Placement) -> dict[str, str]:
+        """What the job's tasks get on top of the environment sbatch exports (the server's,
+        without JOBYARD_* and Slurm options): catalog, spec env, JOBYARD_*."""
+        env: dict[str, str] = {}
+        entry = self._environment_of(placement.spec)
+        if entry is not None:
+            prefix = list(entry.path_prefix)
+            if entry.venv is not None:
+                prefix.insert(0, str(entry.venv / "bin"))
+                env["VIRTUAL_ENV"] = str(entry.venv)
+            if prefix:
+                env["PATH"] = os.pathsep.join([*prefix, self._tools.env.get("PATH", os.defpath)])
+            env.update(entry.env)
+        env.update(placement.spec.env)
+        task = placement.tasks[0]
+        env.update(
+            JOBYARD_JOB_ID=str(placement.job_id),
+            JOBYARD_DISPLAY_ID=placement.display_id,
+            JOBYARD_TASK_NAME=task.name,
+            JOBYARD_TASK_INDEX=str(task.index),
+        )
+        if placement.spec.resources.gpus == 0:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # no GPUs asked for: see none
+        # Declared ports: the program listens on them on its node (as on the local executor).
+        for item in placement.spec.ports:
+            env[f"JOBYARD_PORT_{item.port}"] = str(item.port)
+        http = [item.port for item in placement.spec.ports if item.protocol == "http"]
+        if len(http) == 1:
+            env["PORT"] = str(http[0])
+        return env
+
+    # ---- poll ---------------------------------------------------------------------------------
+
+    async def poll(self, handles: Sequence[Handle]) -> list[TaskReport]:
+        ids = sorted({str(h.get("slurm_job_id", "")) for h in handles} - {""} - set(self._finals))
+        self._names.update(
+            (str(h["slurm_job_id"]), str(h["name"]))
+            for h in handles
+            if h.get("slurm_job_id") and h.get("name")
+        )
+        if ids:
+            await self._query(ids)
+            # Only an ended job with a task that left no exit file needs its code from Slurm.
+            unsettled = {str(h.get("slurm_job_id")) for h in handles if not _has_exit(h)}
+            await self._settle([i for i in ids if i in unsettled and self._is_ended(i)])
+        await self._refresh_capacity()
+        return [self._report(h) for h in handles]
+
+    async def _query(self, ids: list[str]) -> None:
+        """One squeue for every live job; skipped when the last one is fresh and saw them all."""
+        fresh = time.monotonic() - self._seen_at < self._slurm.poll_min_interval_seconds
+        if fresh and all(i in self._seen for i in ids):
+            return
+        result = await self._tools.run(
+            "squeue", ["-h", "-t", "all", "-j", ",".join(ids), "-o", parse.SQUEUE_FORMAT]
+        )
+        if not result.ok and "Invalid job id" not in result.stderr:
+            if not result.unreachable:
+                log.warning("squeue failed: %s", result.error)
+            return  # Slurm unreachable: keep the last known states, lose nothing
+        self._seen_at = time.monotonic()
+        # A job id Slurm reused for someone else's job (its state was wiped) is not ours.
+        seen = {
+            i: job
+            for i, job in parse.parse_squeue(result.stdout).items()
+            if job.name == self._names.get(i, job.name)
+        }
+        self._seen.update(seen)
+        missing = [i for i in ids if i not in seen]
+        if missing:
+            await self._look_up_gone(missing)
+
+    async def _look_up_gone(self, ids: list[str]) -> None:
+        """Jobs squeue no longer shows (purged after MinJobAge): ask accounting, if it is on."""
+        known: dict[str, tuple[str, str]] = {}
+        if not self._sacct_disabled:
+            result = await self._tools.run(
+                "sacct", ["-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode"]
+            )
+            if "accounting storage is disabled" in result.stderr + result.stdout:
+                self._sacct_disabled = True
+            elif result.ok:
+                known = parse.parse_sacct(result.stdout)
+        for slurm_id in ids:
+            self._seen.pop(slurm_id, None)
+            if slurm_id in known:
+                state, code = known[slurm_id]
+                self._finals[slurm_id] = _ended(state, parse.exit_code_of(code))
+            else:
+                self._finals[slurm_id] = TaskReport(
+                    TaskState.LOST,
+                    message=f"Slurm no longer knows job {slurm_id} and it left no exit code",
+                )
+
+    def _is_ended(self, slurm_id: str) -> bool:
+        job = self._seen.get(slurm_id)
+        return job is not None and (job.base_state in parse.ENDED | parse.VANISHED)
+
+    async def _settle(self, ids: list[str]) -> None:
+        """The final report of each ended job (its exit code asked of scontrol once)."""
+        for slurm_id in ids:
+            state = self._seen[slurm_id].base_state
+            if state in parse.VANISHED:
+                self._finals[slurm_id] = TaskReport(
+                    TaskState.LOST, message=f"Slurm job {slurm_id} {parse.meaning(state)}"
+                )
+                continue
+            result = await self._tools.run("scontrol", ["show", "job", "-o", slurm_id])
+            code = parse.exit_code_of(parse.scontrol_fields(result.stdout).get("ExitCode", ""))
+            self._finals[slurm_id] = _ended(state, code)
+
+    def _report(self, handle: Handle) -> TaskReport:
+        code = _read_int(handle.get("exit"))
+        if code is not None:
+            return TaskReport(TaskState.EXITED, code)
+        slurm_id = str(handle.get("slurm_job_id", ""))
+        if not slurm_id:
+            return TaskReport(TaskState.LOST, message="the handle names no Slurm job")
+        final = self._finals.get(slurm_id)
+        if final is not None:
+            return final
+        job = self._seen.get(slurm_id)
+        started = bool(handle.get("node_file")) and os.path.exists(handle["node_file"])
+        if job is None or job.base_state in parse.ACTIVE or started:  # squeue may lag behind
+            return TaskReport(TaskState.RUNNING)
+        return TaskReport(
+            TaskState.PENDING, message=f"Slurm job {slurm_id} is pending ({job.reason})"
+        )
+
+    def pending_reason(self, handle: Handle) -> str | None:
+        """Slurm's reason (Resources, Priority, QOSMaxJobsPerUserLimit, ...) while it waits;
+        poll() reports it too, and the reconciler makes it the job's pending reason."""
+        job = self._seen.get(str(handle.get("slurm_job_id", "")))
+        if job is None or self._report(handle).state is not TaskState.PENDING:
+            return None
+        return job.reason
+
+    # ---- stop ---------------------------------------------------------------------------------
+
+    async def stop(self, handle: Handle, grace: float) -> None:
+        slurm_id = str(handle.get("slurm_job_id", ""))
+        if not slurm_id.isdigit() or slurm_id in self._stopping or slurm_id in self._stopped:
+            return
+        if slurm_id in self._finals:
+            return
+        self._stopping[slurm_id] = asyncio.create_task(self._stop_job(slurm_id, grace))
+
+    async def _stop_job(self, slurm_id: str, grace: float) -> None:
+        try:
+            self._seen_at = 0.0
+            await self._query([slurm_id])
+            job = self._seen.get(slurm_id)
+            # Only a running job is signalled: a signal to a pending one is refused, and in
+            # Slurm 22.05 `--full` even marks it COMPLETED. Anything else is simply cancelled.
+            running = job is not None and job.base_state in parse.ACTIVE
+            if grace > 0 and running:
+                term = await self._tools.run("scancel", ["--signal=TERM", "--full", slurm_id])
+                if not term.ok:
+                    log.warning("scancel --signal=TERM %s: %s", slurm_id, term.error)
+                await asyncio.sleep(grace)
+                await self._query([slurm_id])
+                if slurm_id in self._finals or self._is_ended(slurm_id):
+                    return
+            # Slurm's cancel: TERM to every process of the job, KILL after the cluster's
+            # KillWait (`scancel --signal=KILL` takes the same path, so there is no faster kill).
+            # A busy or restarting slurmctld can refuse it: ask again rather than leave a job
+            # running that its user stopped.
+            for attempt in range(_CANCEL_ATTEMPTS):
+                cancel = await self._tools.run("scancel", [slurm_id])
+                if cancel.ok or "already completing or completed" in cancel.stderr:
+                    break
+                if "Invalid job id" in cancel.stderr:
+                    break
+                log.warning("scancel %s (attempt %d): %s", slurm_id, attempt + 1, cancel.error)
+                await asyncio.sleep(min(2.0**attempt, 10.0))
+        finally:
+            self._stopping.pop(slurm_id, None)
+            self._stopped.add(slurm_id)
+            self._seen_at = 0.0  # the next poll asks squeue again
+            self.wakeup()
+
+    # ---- logs, terminal, release --------------------------------------------------------------
+
+    def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
+        try:
+            with open(handle["log"], "rb") as f:
+                f.seek(max(offset, 0))
+                return f.read(limit)
+        except (OSError, KeyError):
+            return b""
+
+    def log_size(self, handle: Handle) -> int:
+        try:
+            return os.stat(handle["log"]).st_size
+        except (OSError, KeyError):
+            return 0
+
+    def shell_command(
+        self,
+        placement: Placement,
+        task_index: int,  # noqa: ARG002 - the handle already names the task
+        handle: Handle,
+        command: str | None = None,
+    ) -> ShellCommand:
+        """`srun --jobid <id> --overlap --pty` on the task's node, in its cwd and environment:
+        an interactive shell, or the shell running the command line `command`."""
+        slurm_id = str(handle.get("slurm_job_id", ""))
+        report = self._report(handle)
+        if report.state is not TaskState.RUNNING:
+            raise Conflict(f"the task is not running in Slurm ({report.state.value})", field="task")
+        cwd = str(handle.get("cwd") or "/")
+        argv = [
+            self._tools.path("srun"),
+            f"--jobid={slurm_id}",
+            "--overlap",
+            "--pty",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--chdir={cwd}",
+            "--quiet",
+        ]
+        node = _read_text(handle.get("node_file"))
+        if node:
+            argv.append(f"--nodelist={node}")
+        env = {**self._tools.env, **self._job_env(placement)}
+        shell = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+        env.setdefault("TERM", "xterm-256color")
+        env["SHELL"] = shell
+        here = cwd if os.path.isdir(cwd) else "/"
+        tail = [shell, "-c", command] if command is not None else [shell, "-i"]
+        return ShellCommand(argv=[*argv, *tail], env=env, cwd=here)
+
+    def release(self, handle: Handle, *, remove_files: bool) -> None:
+        slurm_id = str(handle.get("slurm_job_id", ""))
+        for cache in (self._seen, self._finals, self._names):
+            cache.pop(slurm_id, None)
+        self._stopped.discard(slurm_id)
+        if remove_files:
+            for key in ("log", "exit", "node_file", "batch_log"):
+                with contextlib.suppress(OSError, KeyError, TypeError):
+                    os.unlink(handle[key])
+            with contextlib.suppress(OSError, KeyError):
+                Path(handle["log"]).parent.rmdir()
+
+    async def close(self) -> None:
+        for task in self._stopping.values():
+            task.cancel()
+        self._tools.close()
+
+
+def _ended(state: str, code: int | None) -> TaskReport:
+    """An ended job whose task left no exit file (killed, or never started)."""
+    if state == "COMPLETED":
+        return TaskReport(TaskState.EXITED, code or 0)
+    if not code:
+        code = _SIGNALLED.get(state, 1)
+    return TaskReport(TaskState.EXITED, code, message=f"the Slurm job {parse.meaning(state)}")
+
+
+def _has_exit(handle: Handle) -> bool:
+    return bool(handle.get("exit")) and os.path.exists(handle["exit"])
+
+
+def _read_int(path: Any) -> int | None:
+    text = _read_text(path)
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _read_text(path: Any) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None

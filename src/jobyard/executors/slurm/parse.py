@@ -1,0 +1,141 @@
+"""Reading what the Slurm tools print, and mapping Slurm's job states onto task reports. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobyard.model.capacity import GpuInfo
+
+# squeue -o: a separator that never occurs in ids, states, reasons or node lists.
+SQUEUE_FORMAT = "%i|%T|%r|%N|%j"
+
+# Slurm job states (squeue %T) by what they mean for jobyard's task.
+WAITING = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED"}
+)
+ACTIVE = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"})
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "DEADLINE"})
+# The job's processes are gone without their own exit code: the node (not the program) failed.
+VANISHED = frozenset({"NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"})
+
+_MEANING = {
+    "CANCELLED": "cancelled in Slurm",
+    "TIMEOUT": "reached its Slurm time limit",
+    "OUT_OF_MEMORY": "ran out of memory (Slurm OUT_OF_MEMORY)",
+    "DEADLINE": "missed its Slurm deadline",
+    "NODE_FAIL": "its Slurm node failed",
+    "BOOT_FAIL": "its Slurm node failed to boot",
+    "PREEMPTED": "was preempted by Slurm",
+    "REVOKED": "was revoked by Slurm (federation)",
+    "SPECIAL_EXIT": "ended in Slurm state SPECIAL_EXIT",
+}
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One line of squeue: a Slurm job's state now."""
+
+    job_id: str
+    state: str
+    reason: str
+    nodes: str
+    name: str = ""
+
+    @property
+    def base_state(self) -> str:
+        # "CANCELLED by 0" in some outputs; squeue -t all prints the bare word.
+        return self.state.split()[0] if self.state else ""
+
+
+def parse_squeue(text: str) -> dict[str, SlurmJob]:
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 4)
+        if len(parts) >= 4 and parts[0]:
+            name = parts[4] if len(parts) == 5 else ""
+            job = SlurmJob(parts[0], parts[1], parts[2], parts[3], name)
+            jobs[job.job_id] = job
+    return jobs
+
+
+def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
+    """`sacct -n -P -X -o JobID,State,ExitCode`: id -> (state, "rc:signal")."""
+    found = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0]:
+            found[parts[0]] = (parts[1].split()[0] if parts[1] else "", parts[2])
+    return found
+
+
+def scontrol_fields(text: str) -> dict[str, str]:
+    """`scontrol show job -o <id>`: Key=Value words (values without spaces are enough here)."""
+    fields = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return fields
+
+
+def exit_code_of(slurm_exit: str) -> int | None:
+    """Slurm's "rc:signal" as a shell would say it: the code, or 128+signal when killed."""
+    rc, _, sig = slurm_exit.partition(":")
+    try:
+        code, signal = int(rc), int(sig or 0)
+    except ValueError:
+        return None
+    return 128 + signal if signal else code
+
+
+def meaning(state: str) -> str:
+    return _MEANING.get(state, f"ended in Slurm state {state}")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    cpus: int
+    memory_mib: int
+    gpus: list[tuple[str, int]]  # (type, count)
+
+
+SINFO_FORMAT = "%N|%c|%m|%G"
+
+
+def parse_sinfo(text: str) -> list[NodeInfo]:
+    """`sinfo -h -N -o '%N|%c|%m|%G'`: one line per node (and partition)."""
+    nodes: dict[str, NodeInfo] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4 or not parts[0]:
+            continue
+        try:
+            cpus, memory = int(parts[1].rstrip("+")), int(parts[2].rstrip("+"))
+        except ValueError:
+            continue
+        nodes[parts[0]] = NodeInfo(parts[0], cpus, memory, parse_gres(parts[3]))
+    return list(nodes.values())
+
+
+def parse_gres(gres: str) -> list[tuple[str, int]]:
+    """ "gpu:a100:2,gpu:t4:1(S:0)" -> [("a100", 2), ("t4", 1)]; an untyped "gpu:2" -> ("", 2)."""
+    found = []
+    for item in gres.split(","):
+        fields = item.split("(")[0].split(":")
+        if fields[0] != "gpu" or len(fields) < 2:
+            continue
+        count = fields[-1]
+        kind = fields[1] if len(fields) >= 3 else ""
+        if count.isdigit():
+            found.append((kind, int(count)))
+    return found
+
+
+def gpu_inventory(nodes: list[NodeInfo]) -> list[GpuInfo]:
+    """Every GPU of the partition, numbered across nodes; the model is Slurm's gres type."""
+    gpus: list[GpuInfo] = []
+    for node in nodes:
+        for kind, count in node.gpus:
+            gpus += [GpuInfo(index=len(gpus) + i, model=kind or "gpu") for i in range(count)]
+    return gpus

@@ -1,0 +1,142 @@
+"""What jobyard hands to sbatch: the options (resources, partition, limits) and the batch script.
+
+One jobyard job is one Slurm batch job. A single task runs in the batch step itself; a
+multi-worker job runs its tasks with one `srun` inside the allocation. Each task runs under a
+small /bin/sh supervisor (as on the local executor) that records the node it runs on and
+writes the task's exit code to `<task>.exit` next to its log, so exit codes survive Slurm
+forgetting the job (MinJobAge) and a jobyard restart. Logs and exit files are written by the
+compute nodes: on a multi-node cluster the data directory must be on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobyard.config import SlurmSettings
+from jobyard.model import JobSpec
+
+# $1 the exit file, $2 the node file, the rest the task's argv. The trap keeps the supervisor
+# alive through the TERM of a stop so it can record the code; the task itself gets default
+# dispositions back on exec. The supervisor's stderr is /dev/null and the task's is the log.
+_SINGLE = (
+    'x=$1; n=$2; shift 2; printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$n"; '
+    "trap : TERM INT HUP; exec 3>&2 2>/dev/null; "
+    '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
+)
+# $1 the path prefix of the task files (<dir>/<display_id>-worker-), the rest the argv.
+# Ranks come from Slurm's own variables, under the names the local executor uses.
+_MULTI = (
+    "p=$1; shift; i=$SLURM_PROCID; n=${SLURM_JOB_NUM_NODES:-1}; "
+    "export RANK=$i WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID "
+    "NNODES=$n NPROC_PER_NODE=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / n))} "
+    'JOBYARD_TASK_INDEX=$i JOBYARD_TASK_NAME="${p##*/}$i"; '
+    "for v in MASTER_ADDR MASTER_PORT WORLD_SIZE RANK NODE_RANK LOCAL_RANK NNODES NPROC_PER_NODE; "
+    'do eval "export JOBYARD_$v=\\"\\$$v\\""; done; '
+    'printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$p$i.node"; '
+    "trap : TERM INT HUP; exec 3>&2 2>/dev/null; "
+    '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$p$i.exit"; exit "$rc"'
+)
+
+
+@dataclass(frozen=True)
+class Submission:
+    args: list[str]  # sbatch's options; the script goes to its stdin
+    script: str
+
+
+def job_name(job_id: int, display_id: str) -> str:
+    return f"jobyard-{job_id}-{display_id}"
+
+
+def resource_args(
+    spec: JobSpec, settings: SlurmSettings, *, gpu_type: str | None, grace: float
+) -> list[str]:
+    """The options that decide whether and where Slurm can run the job (also `--test-only`'s)."""
+    res, n = spec.resources, spec.replicas
+    args = [f"--ntasks={n}"]
+    if n > 1 and settings.one_task_per_node:
+        args += [f"--nodes={n}", "--ntasks-per-node=1"]
+    cpus = math.ceil(res.cpus) if res.cpus > 0 else 0
+    if cpus:
+        args.append(f"--cpus-per-task={cpus}")
+    if res.memory > 0:
+        if n == 1 or settings.one_task_per_node:
+            args.append(f"--mem={res.memory}M")
+        else:  # tasks may share a node: memory goes with their CPUs
+            args.append(f"--mem-per-cpu={math.ceil(res.memory / max(cpus, 1))}M")
+    if res.gpus > 0:
+        kind = f"{gpu_type}:" if gpu_type else ""
+        if n == 1:
+            args.append(f"--gres=gpu:{kind}{res.gpus}")
+        else:  # each task its own GPUs (srun binds them per task)
+            args.append(f"--gpus-per-task={kind}{res.gpus}")
+    if spec.max_runtime is not None:
+        # jobyard enforces max_runtime itself (with the stop grace period); Slurm's limit is a
+        # backstop a minute later, in whole minutes.
+        args.append(f"--time={math.ceil((spec.max_runtime + grace + 60) / 60)}")
+    for option, value in (
+        ("--partition", settings.partition),
+        ("--account", settings.account),
+        ("--qos", settings.qos),
+    ):
+        if value:
+            args.append(f"{option}={value}")
+    return [*args, *settings.sbatch_args]
+
+
+def build_submission(
+    *,
+    name: str,
+    spec: JobSpec,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    task_files: Sequence[Path],
+    resources: list[str],
+    srun: str,
+    scontrol: str,
+    master_port: int | None,
+) -> Submission:
+    """`task_files` are the per-task path prefixes (<dir>/<task name>); logs are <prefix>.log."""
+    first = task_files[0]
+    settings_env = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    quoted_argv = " ".join(shlex.quote(a) for a in argv)
+    common = [
+        "--parsable",
+        f"--job-name={name}",
+        f"--chdir={cwd}",
+        "--export=ALL",
+        "--open-mode=append",
+    ]
+    if spec.replicas == 1:
+        launch = (
+            f"exec /usr/bin/env -- {settings_env} /bin/sh -c {shlex.quote(_SINGLE)} jobyard-task "
+            f"{shlex.quote(str(first) + '.exit')} {shlex.quote(str(first) + '.node')} {quoted_argv}"
+        )
+        output = f"{first}.log"
+        header = ""
+    else:
+        prefix = str(first)[: -len("0")]  # <dir>/<display_id>-worker-
+        step = ["--kill-on-bad-exit=0", "--input=none", f"--output={prefix}%t.log"]
+        if spec.resources.cpus > 0:
+            step.append(f"--cpus-per-task={math.ceil(spec.resources.cpus)}")
+        if spec.resources.gpus > 0:
+            step.append(f"--gpus-per-task={spec.resources.gpus}")
+        port = str(master_port) if master_port else "$((20000 + SLURM_JOB_ID % 20000))"
+        header = (
+            f'MASTER_ADDR=$({shlex.quote(scontrol)} show hostnames "$SLURM_JOB_NODELIST" '
+            "2>/dev/null | head -n 1)\n"
+            f'export MASTER_ADDR="${{MASTER_ADDR:-$SLURMD_NODENAME}}" MASTER_PORT={port}\n'
+        )
+        launch = (
+            f"exec /usr/bin/env -- {settings_env} {shlex.quote(srun)} "
+            f"{' '.join(shlex.quote(s) for s in step)} /bin/sh -c {shlex.quote(_MULTI)} "
+            f"jobyard-task {shlex.quote(prefix)} {quoted_argv}"
+        )
+        output = f"{prefix}batch.log"
+    script = f"#!/bin/sh\n# jobyard: {name}\n{header}{launch}\n"
+    return Submission([*common, f"--output={output}", *resources], script)
