@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run install install-test fmt lint typecheck contracts unit test test-fast bench clean
+.PHONY: run install install-test assets fmt lint typecheck contracts unit test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,11 +16,19 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The dashboard's front-end packages (xterm.js for its terminal), from the npm registry by the
+# lockfile; served from web/node_modules as they are (no build output, nothing committed).
+web/node_modules/.installed: web/package.json web/package-lock.json
+	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the dashboard runs without its terminal tab (install Node.js and npm)"; fi
+
+assets: web/node_modules/.installed
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-run: install
+run: install assets
 	$(BIN)/jobyard server
 
 fmt: install-test
@@ -37,13 +45,13 @@ typecheck: install-test
 contracts: install-test
 	$(BIN)/lint-imports
 
-test: lint typecheck contracts
+test: lint typecheck contracts assets
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install-test
 	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow and not postgres"
 
-bench: install
+bench: install-test  # the test extra brings Ray's client for the `ray` scenario
 	$(PY) -m bench
 
 clean:

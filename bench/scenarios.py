@@ -20,8 +20,13 @@ import psutil
 
 from bench import fill, load
 from bench.client import Connection, Target
+from bench.dashboard import dashboard
+from bench.gateway import gateway
+from bench.ray import ray
 from bench.report import Result, at_least, at_most, info, percentile
+from bench.scheduler import scheduler
 from bench.server import Server, running_server
+from bench.slurm import slurm
 
 LIVE = "QUEUED,SCHEDULED,STARTING,RUNNING,STOPPING"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -352,4 +357,9 @@ SCENARIOS: dict[str, Callable[[Options], list[Result]]] = {
     "drain": drain,
     "list": list_page,
     "memory": memory,
+    "gateway": gateway,
+    "ray": ray,
+    "slurm": slurm,
+    "scheduler": scheduler,
+    "dashboard": dashboard,
 }

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
-from jobyard.config import Settings
-from jobyard.server import Runtime, build, create_server_app
+from jobyard.config import QueueSpec, Settings
+from jobyard.server import Runtime, build, create_server_app, listen, ray_listener
 
 T = TypeVar("T")
 
@@ -36,6 +36,7 @@ class LiveServer:
     token: str
     settings: Settings
     runtime: Runtime
+    ray_url: str = ""  # the Ray job API's listener, when running_server(..., ray=True)
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token or self.token}"}
@@ -60,16 +61,25 @@ def make_settings(home: Any, **overrides: Any) -> Settings:
         "cpus": 8,
         "memory_mib": 16384,
         "gpus": [],
+        "ray_port": 0,  # off: parallel tests never race for 8265 (running_server(ray=True))
+        # Three queues on the one pool, so tests can tell queues apart.
+        "queues": [
+            QueueSpec(name="default"),
+            QueueSpec(name="gpu", priority=10),
+            QueueSpec(name="batch", priority=-10),
+        ],
     }
     return Settings(**{**defaults, **overrides})
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings) -> Iterator[LiveServer]:
-    """Serve jobyard (uvicorn, in a thread) on 127.0.0.1 and a free port; stop it afterwards."""
+def running_server(settings: Settings, *, ray: bool = False) -> Iterator[LiveServer]:
+    """Serve jobyard (uvicorn, in a thread) on 127.0.0.1 and a free port; stop it afterwards.
+    With `ray`, also the Ray job API on another free port, in the same event loop."""
     runtime = build(settings)
+    listeners = [ray_listener(runtime, listen("127.0.0.1", 0))] if ray else []
     config = uvicorn.Config(
-        create_server_app(runtime),
+        create_server_app(runtime, listeners),
         host="127.0.0.1",
         port=settings.port,
         log_level="warning",
@@ -84,7 +94,8 @@ def running_server(settings: Settings) -> Iterator[LiveServer]:
             raise RuntimeError("server did not start")
         port = server.servers[0].sockets[0].getsockname()[1]
         token = settings.admin_token_path.read_text().strip()
-        yield LiveServer(f"http://127.0.0.1:{port}", token, settings, runtime)
+        ray_url = f"http://127.0.0.1:{listeners[0].port}" if listeners else ""
+        yield LiveServer(f"http://127.0.0.1:{port}", token, settings, runtime, ray_url)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

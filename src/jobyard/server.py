@@ -9,19 +9,25 @@ import fcntl
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
 from fastapi import FastAPI
 
 from jobyard.api.app import create_app
+from jobyard.api.limits import RequestSizeLimit
+from jobyard.api.ray import create_ray_app
 from jobyard.config import Settings
 from jobyard.errors import Conflict
 from jobyard.executors.base import Executor
 from jobyard.executors.registry import load_executor
+from jobyard.gateway import Gateway
 from jobyard.scheduler.reconciler import Reconciler
 from jobyard.service import AuthService, JobService, LogService
+from jobyard.service.access import AccessService
+from jobyard.service.runtime_env import RuntimeEnvService
 from jobyard.store.db import Database, migrate
 
 log = logging.getLogger("jobyard")
@@ -37,6 +43,8 @@ class Runtime:
     jobs: JobService
     logs: LogService
     home_lock: int
+    access: AccessService
+    gateway: Gateway
 
     async def close(self) -> None:
         await self.executor.close()
@@ -89,24 +97,120 @@ def build(settings: Settings) -> Runtime:
         db.close()
         os.close(home_lock)
         raise
-    jobs = JobService(db, executor, settings, wake=reconciler.wake)
-    logs = LogService(jobs, executor)
-    return Runtime(settings, db, executor, reconciler, auth, jobs, logs, home_lock)
+    jobs = JobService(
+        db, executor, settings, wake=reconciler.wake, positions=reconciler.queue_position
+    )
+    logs = LogService(jobs, executor, max_read=settings.max_log_read_bytes)
+    access = AccessService(db, jobs, settings)
+    gateway = Gateway(access, settings)
+    return Runtime(settings, db, executor, reconciler, auth, jobs, logs, home_lock, access, gateway)
 
 
-def create_server_app(runtime: Runtime) -> FastAPI:
+class _Companion(uvicorn.Server):
+    """A listener served inside the main server's event loop: the main one handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Listener:
+    """Another listener of this process (the Ray job API's) on a socket bound in advance,
+    started and stopped by the main app's lifespan, so that it shares the main event loop and
+    services and stops before they close."""
+
+    server: uvicorn.Server
+    sock: socket.socket
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    async def start(self) -> asyncio.Task[None]:
+        task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name="jobyard-listener")
+        while not self.server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"the listener on port {self.port} did not start")
+            await asyncio.sleep(0.01)
+        return task
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        self.server.should_exit = True
+        await task
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (0: a free port); Conflict naming the address if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def ray_listener(runtime: Runtime, sock: socket.socket) -> Listener:
+    """The Ray-compatible job API (seed 001) over the same services, on its own socket."""
+    settings = runtime.settings
+    runtime_env = RuntimeEnvService(
+        settings.home / "runtime_env", max_package_bytes=settings.max_package_bytes
+    )
+    app = create_ray_app(
+        auth=runtime.auth, jobs=runtime.jobs, logs=runtime.logs, runtime_env=runtime_env
+    )
+    packages = {"/api/packages/": settings.max_package_bytes}  # uploads have their own limit
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes, larger=packages)
+    config = uvicorn.Config(
+        app, lifespan="off", log_level=settings.log_level, access_log=settings.access_log
+    )
+    return Listener(_Companion(config), sock)
+
+
+def _ray_listeners(runtime: Runtime) -> list[Listener]:
+    """The Ray listener unless ray_port is 0. If the default port is taken (a Ray dashboard
+    runs here), jobyard starts without it; a port asked for must be had."""
+    settings = runtime.settings
+    if not settings.ray_port:
+        return []
+    try:
+        sock = listen(settings.host, settings.ray_port)
+    except Conflict as exc:
+        if "ray_port" in settings.model_fields_set:
+            raise Conflict(f"Ray job API: {exc.message}") from None
+        log.warning("%s: the Ray job API is off (choose another with --ray-port)", exc.message)
+        return []
+    return [ray_listener(runtime, sock)]
+
+
+def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop_task = asyncio.create_task(runtime.reconciler.run(), name="jobyard-reconciler")
+        served: list[tuple[Listener, asyncio.Task[None]]] = []
         try:
+            for listener in listeners:
+                served.append((listener, await listener.start()))
+            await runtime.gateway.start()
             yield
         finally:
+            await runtime.gateway.stop()
+            for listener, task in served:
+                await listener.stop(task)
             loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop_task
             await runtime.close()
 
-    return create_app(auth=runtime.auth, jobs=runtime.jobs, logs=runtime.logs, lifespan=lifespan)
+    return create_app(
+        auth=runtime.auth,
+        jobs=runtime.jobs,
+        logs=runtime.logs,
+        access=runtime.access,
+        lifespan=lifespan,
+        max_request_bytes=runtime.settings.max_request_bytes,
+        terminal_token_ttl=runtime.settings.terminal_token_ttl_seconds,
+    )
 
 
 def serve(settings: Settings) -> None:
@@ -114,7 +218,8 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     runtime = build(settings)
-    app = create_server_app(runtime)
+    listeners = _ray_listeners(runtime)
+    app = create_server_app(runtime, listeners)
     # Long-lived objects (modules, models, engines) never need the cyclic collector again:
     # freezing them keeps full collections from pausing requests for tens of milliseconds.
     gc.collect()
@@ -126,11 +231,14 @@ def serve(settings: Settings) -> None:
         settings.home,
         settings.admin_token_path,
     )
+    for listener in listeners:
+        log.info("Ray job API on http://%s:%d", settings.host, listener.port)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
     uvicorn.Server(config).run()

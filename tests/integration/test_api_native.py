@@ -191,7 +191,7 @@ def test_list_filters_and_paginates(live_server: LiveServer, api: httpx.Client) 
         submit(
             api,
             name=f"exp-{i}",
-            queue="a" if i % 2 else "b",
+            queue="gpu" if i % 2 else "batch",
             labels={"n": str(i % 3)},
             entrypoint="exit 1" if i == 0 else "true",
         )
@@ -201,7 +201,7 @@ def test_list_filters_and_paginates(live_server: LiveServer, api: httpx.Client) 
     live_server.wait_state(made[0]["id"], "FAILED")
     assert api.get("/api/v1/jobs?state=FAILED").json()["total"] == 1
     assert api.get("/api/v1/jobs?state=FAILED,SUCCEEDED").json()["total"] == 7
-    assert api.get("/api/v1/jobs?queue=a").json()["total"] == 3
+    assert api.get("/api/v1/jobs?queue=gpu").json()["total"] == 3
     assert api.get("/api/v1/jobs?q=exp-1").json()["total"] == 1
     assert api.get("/api/v1/jobs?label=n=0").json()["total"] == 3
     assert api.get("/api/v1/jobs?label=n").json()["total"] == 7

@@ -112,7 +112,17 @@ def test_submit_wait_of_a_shell_string_then_list_shows_the_table(
     listed = run_jobyard(live_server, "list", tmp_path=tmp_path)
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["ID", "DISPLAY", "NAME", "STATE", "QUEUE", "OWNER", "CREATED", "EXIT"]
+    assert header.split() == [
+        "ID",
+        "DISPLAY",
+        "NAME",
+        "STATE",
+        "QUEUE",
+        "OWNER",
+        "CREATED",
+        "EXIT",
+        "WAITING",
+    ]
     job = client.list().items[0]
     cells = row.split()
     assert cells[:6] == [str(job.id), job.display_id, "greet", "SUCCEEDED", "default", "admin"]
@@ -151,14 +161,14 @@ def test_an_unreachable_server_is_named_in_the_error(
 def test_submit_sends_every_option(cli: CliRunnerFor, client: Client) -> None:
     result = cli(
         "submit", "--name", "train", "-e", "A=1", "--env", "B=x=y", "--cpus", "0.5",
-        "--memory", "1GiB", "--gpus", "0", "--replicas", "2", "--queue", "q1",
+        "--memory", "1GiB", "--gpus", "0", "--replicas", "2", "--queue", "gpu",
         "--priority", "7", "--label", "team=ml", "--submission-id", "run-1",
         "--max-runtime", "60", "--workdir", "/tmp", "--", "python", "-c", "print(1)",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     job = client.get(job_ref(result.stdout))
     assert result.stdout == f"submitted job {job.id} ({job.display_id})\n"
-    assert (job.name, job.queue, job.priority, job.submission_id) == ("train", "q1", 7, "run-1")
+    assert (job.name, job.queue, job.priority, job.submission_id) == ("train", "gpu", 7, "run-1")
     assert job.labels == {"team": "ml"} and job.spec.env == {"A": "1", "B": "x=y"}
     assert job.spec.entrypoint == ["python", "-c", "print(1)"]
     assert (job.spec.working_dir, job.spec.replicas, job.spec.max_runtime) == ("/tmp", 2, 60)
@@ -191,14 +201,14 @@ def test_bad_input_names_the_field(cli: CliRunnerFor) -> None:
 
 def test_list_filters_pages_and_prints_json(cli: CliRunnerFor, client: Client) -> None:
     ids = [client.submit(["true"], name=f"n{i}", labels={"set": "a"}).id for i in range(3)]
-    client.submit(["true"], name="lonely", queue="other")
+    client.submit(["true"], name="lonely", queue="batch")
     limited = cli("list", "--label", "set=a", "--limit", "2")
     assert limited.exit_code == 0 and "showing 2 of 3 jobs" in limited.stderr
     assert len(limited.stdout.splitlines()) == 3  # header + 2 rows
     everything = json.loads(cli("list", "--all", "--limit", "1", "--label", "set", "--json").stdout)
     assert sorted(item["id"] for item in everything["items"]) == ids
     assert (everything["total"], everything["next_cursor"]) == (3, None)
-    by_queue = json.loads(cli("list", "--queue", "other", "-q", "lone", "--json").stdout)
+    by_queue = json.loads(cli("list", "--queue", "batch", "-q", "lone", "--json").stdout)
     assert [item["name"] for item in by_queue["items"]] == ["lonely"]
     for job_id in ids:
         client.wait(job_id)
@@ -271,3 +281,26 @@ def test_the_server_command_keeps_its_options() -> None:
     result = CliRunner().invoke(app, ["server", "--help"])
     assert result.exit_code == 0
     assert all(option in result.stdout for option in ("--host", "--port", "--home"))
+
+
+def test_pools_queues_and_why_a_job_waits(cli: CliRunnerFor, client: Client) -> None:
+    hog = client.submit(["sleep", "30"], resources={"cpus": 8})
+    wait_for(lambda: client.get(hog.id).state is JobState.RUNNING)
+    waiting = client.submit(["true"], resources={"cpus": 1}, queue="gpu")
+    wait_for(lambda: client.get(waiting.id).pending_reason)
+
+    pools = cli("pools")
+    assert pools.exit_code == 0, pools.output
+    assert "local" in pools.output and "8/8" in pools.output
+    queues = json.loads(cli("queues", "--json").stdout)
+    by_name = {q["name"]: q for q in queues}
+    assert (by_name["default"]["running_jobs"], by_name["gpu"]["queued_jobs"]) == (1, 1)
+    assert by_name["gpu"]["priority"] == 10
+
+    status = cli("status", str(waiting.id))
+    assert "#1 WAITING_FOR_CAPACITY" in status.output
+    assert "1 CPUs (0 free)" in status.output
+    listing = json.loads(cli("list", "--state", "QUEUED", "--json").stdout)["items"]
+    assert [(j["queue_position"], j["pending_reason"]) for j in listing] == [
+        (1, "WAITING_FOR_CAPACITY")
+    ]

@@ -8,15 +8,32 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from jobyard import __version__
-from jobyard.api.errors import install_error_handlers
+from jobyard.api.errors import install_error_handlers, register_face_errors
+from jobyard.api.limits import RequestSizeLimit
+from jobyard.api.native.access import router as access_router
+from jobyard.api.native.admin import router as admin_router
 from jobyard.api.native.routes import router as native_router
+from jobyard.api.native.scheduling import router as scheduling_router
+from jobyard.api.paas.mapping import render_problem as render_paas
+from jobyard.api.paas.routes import router as paas_router
+from jobyard.api.terminal import TerminalTokens, router as terminal_router
+from jobyard.api.training import render_problem as render_training, router as training_router
 from jobyard.service import AuthService, JobService, LogService
+from jobyard.service.access import AccessService
+from jobyard.web import WebSocketOriginCheck, router as web_router
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def create_app(
-    *, auth: AuthService, jobs: JobService, logs: LogService, lifespan: Lifespan | None = None
+    *,
+    auth: AuthService,
+    jobs: JobService,
+    logs: LogService,
+    lifespan: Lifespan | None = None,
+    max_request_bytes: int | None = None,
+    terminal_token_ttl: float = 60.0,
+    access: AccessService | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="jobyard",
@@ -27,8 +44,22 @@ def create_app(
     app.state.auth = auth
     app.state.jobs = jobs
     app.state.logs = logs
+    app.state.terminals = TerminalTokens(terminal_token_ttl)
+    app.state.access = access
     install_error_handlers(app)
     app.include_router(native_router)
+    app.include_router(access_router)
+    app.include_router(paas_router)
+    register_face_errors(app, "/v1/job", render_paas)
+    app.include_router(training_router)
+    app.include_router(terminal_router)
+    register_face_errors(app, "/api/jobs", render_training)
+    app.include_router(admin_router)
+    if max_request_bytes is not None:
+        app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
+    app.include_router(scheduling_router)
+    app.include_router(web_router)  # the dashboard, at / (last: the faces' routes win)
+    app.add_middleware(WebSocketOriginCheck)  # browsers open /webterminal from here only
     return app
 
 

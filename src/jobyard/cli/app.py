@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jobyard.cli import jobs
+from jobyard.cli import access, admin, jobs, scheduling
 from jobyard.cli.session import ReportingGroup, Target
 
 app = typer.Typer(
@@ -42,6 +42,10 @@ def server(
     ] = None,
     port: Annotated[int | None, typer.Option(help="port [default: 8000, or JOBYARD_PORT]")] = None,
     home: Annotated[Path | None, typer.Option(help="data directory (default: per-user)")] = None,
+    ray_port: Annotated[
+        int | None,
+        typer.Option(help="port of the Ray job API; 0: off [default: 8265, or JOBYARD_RAY_PORT]"),
+    ] = None,
 ) -> None:
     """Start the jobyard server (SQLite and the local executor unless configured)."""
     # The server's dependencies load only for this command.
@@ -52,7 +56,7 @@ def server(
     from jobyard.server import serve
 
     # Only options given on the command line override JOBYARD_* variables and the TOML file.
-    given = {"host": host, "port": port, "home": home}
+    given = {"host": host, "port": port, "home": home, "ray_port": ray_port}
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -79,6 +83,12 @@ app.command()(jobs.stop)
 app.command()(jobs.delete)
 app.command()(jobs.wait)
 app.command()(jobs.events)
+app.command(context_settings={"allow_interspersed_args": False})(access.ssh)
+app.command("port-forward")(access.port_forward)
+app.command()(scheduling.pools)
+app.command()(scheduling.queues)
+app.add_typer(admin.user_app, name="user")
+app.add_typer(admin.token_app, name="token")
 
 
 def main() -> None:

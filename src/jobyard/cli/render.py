@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobyard.client import Event, Job, JobState, Task
+from jobyard.client.models import Pool, Queue
 
 _STATE_STYLES = {
     JobState.QUEUED: "yellow",
@@ -67,7 +68,7 @@ def _table(*columns: str) -> Table:
 
 
 def jobs_table(jobs: Iterable[Job]) -> Table:
-    table = _table("ID", "DISPLAY", "NAME", "STATE", "QUEUE", "OWNER", "CREATED", "EXIT")
+    table = _table("ID", "DISPLAY", "NAME", "STATE", "QUEUE", "OWNER", "CREATED", "EXIT", "WAITING")
     for job in jobs:
         table.add_row(
             _text(job.id),
@@ -78,6 +79,56 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
             _text(job.owner),
             _text(when(job.created_at)),
             _text(job.exit_code),
+            _text(waiting(job)),
+        )
+    return table
+
+
+def waiting(job: Job) -> str:
+    """A queued job's place in its queue and the code of why it waits."""
+    if job.state is not JobState.QUEUED:
+        return ""
+    place = f"#{job.queue_position} " if job.queue_position else ""
+    return f"{place}{job.pending_reason or ''}".strip()
+
+
+def _gpus_by_model(pool: Pool) -> str:
+    models: dict[str, list[int]] = {}
+    for gpu in pool.gpus:
+        counts = models.setdefault(gpu.model, [0, 0])
+        counts[0] += gpu.in_use
+        counts[1] += 1
+    return ", ".join(f"{used}/{total} {model}" for model, (used, total) in models.items())
+
+
+def pools_table(pools: Iterable[Pool]) -> Table:
+    table = _table("POOL", "EXECUTOR", "CPUS", "MEMORY MiB", "GPUS", "RUNNING", "QUEUED")
+    for pool in pools:
+        table.add_row(
+            _text(pool.name),
+            _text(pool.executor),
+            _text(f"{pool.in_use.cpus:g}/{pool.capacity.cpus:g}"),
+            _text(f"{pool.in_use.memory_mib}/{pool.capacity.memory_mib}"),
+            _text(_gpus_by_model(pool) or "-"),
+            _text(pool.running_jobs),
+            _text(pool.queued_jobs),
+        )
+    return table
+
+
+def queues_table(queues: Iterable[Queue]) -> Table:
+    table = _table("QUEUE", "POOL", "PRIORITY", "RUNNING", "QUEUED", "GPUS", "CPUS", "LIMITS")
+    for queue in queues:
+        limits = ", ".join(f"{k}={v:g}" for k, v in queue.limits.items() if v is not None)
+        table.add_row(
+            _text(queue.name),
+            _text(queue.pool),
+            _text(queue.priority),
+            _text(queue.running_jobs),
+            _text(queue.queued_jobs),
+            _text(queue.in_use.gpus),
+            _text(f"{queue.in_use.cpus:g}"),
+            _text(limits or "-"),
         )
     return table
 
@@ -115,6 +166,8 @@ def _facts(job: Job) -> Table:
         ("Owner", _text(job.owner)),
         ("Queue", _text(f"{job.queue} (priority {job.priority})")),
         ("State", state(job.state)),
+        ("Waiting", _text(f"{waiting(job)} {job.pending_message}".strip())),
+        ("Attempt", _text(f"{job.attempt + 1} of {job.spec.max_retries + 1}")),
         ("Reason", _text(job.reason)),
         ("Message", _text(job.message)),
         ("Exit code", _text(job.exit_code)),

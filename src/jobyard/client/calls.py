@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from jobyard import __version__
 from jobyard.client.errors import ApiError
@@ -22,9 +23,16 @@ from jobyard.client.models import (
     Job,
     JobPage,
     JobState,
+    NewToken,
     NewUser,
+    Pool,
+    Queue,
     Resources,
+    Token,
+    TokenList,
     User,
+    UserInfo,
+    UserList,
 )
 
 T = TypeVar("T")
@@ -182,12 +190,50 @@ def health() -> Call[Health]:
     return Call("GET", "/health", _model(Health))
 
 
+def pools() -> Call[list[Pool]]:
+    return Call("GET", "/pools", _list_of(Pool))
+
+
+def queues() -> Call[list[Queue]]:
+    return Call("GET", "/queues", _list_of(Queue))
+
+
 def whoami() -> Call[User]:
     return Call("GET", "/whoami", _model(User))
 
 
 def create_user(name: str, *, admin: bool) -> Call[NewUser]:
     return Call("POST", "/users", _model(NewUser), body={"name": name, "admin": admin})
+
+
+def list_users() -> Call[list[UserInfo]]:
+    return Call("GET", "/users", lambda response: _model(UserList)(response).items)
+
+
+def remove_user(name: str) -> Call[None]:
+    return Call("DELETE", f"/users/{quote(name, safe='')}", _nothing)
+
+
+def create_token(
+    *, user: str | None, name: str, expires_in: float | None, expires_at: datetime | None
+) -> Call[NewToken]:
+    body: dict[str, Any] = {"name": name}
+    if user is not None:
+        body["user"] = user
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    if expires_at is not None:
+        body["expires_at"] = expires_at.isoformat()
+    return Call("POST", "/tokens", _model(NewToken), body=body)
+
+
+def list_tokens(user: str | None) -> Call[list[Token]]:
+    params = (("user", user),) if user is not None else ()
+    return Call("GET", "/tokens", lambda response: _model(TokenList)(response).items, params)
+
+
+def revoke_token(token_id: int) -> Call[Token]:
+    return Call("DELETE", f"/tokens/{int(token_id)}", _model(Token))
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -238,6 +284,21 @@ def _model(cls: type[M]) -> Callable[[httpx.Response], M]:
                 None,
                 response.status_code,
             ) from None
+
+    return read
+
+
+def _list_of(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
+    adapter = TypeAdapter(list[cls])  # type: ignore[valid-type]
+
+    def read(response: httpx.Response) -> list[M]:
+        try:
+            items: list[M] = adapter.validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                "bad_response", f"unexpected answer from the server: {exc}", None, 200
+            ) from None
+        return items
 
     return read
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +48,8 @@ class JobSpec(_Model):
     resources: Resources = Field(default_factory=Resources)
     replicas: int = 1
     max_runtime: float | None = None
+    max_retries: int = 0
+    ports: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Task(_Model):
@@ -70,6 +73,17 @@ class StateChange(_Model):
     timestamp: datetime
 
 
+class Attempt(_Model):
+    """An earlier attempt of a retried job."""
+
+    attempt: int
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class Job(_Model):
     id: int
     display_id: str
@@ -91,6 +105,11 @@ class Job(_Model):
     finished_at: datetime | None = None
     tasks: list[Task] = Field(default_factory=list)
     state_log: list[StateChange] = Field(default_factory=list)
+    attempt: int = 0
+    attempts: list[Attempt] = Field(default_factory=list)
+    pending_reason: str | None = None
+    pending_message: str = ""
+    queue_position: int | None = None
 
     def is_terminal(self) -> bool:
         return self.state.is_terminal()
@@ -117,6 +136,40 @@ class EventList(_Model):
     items: list[Event]
 
 
+class ResourceUse(_Model):
+    cpus: float = 0
+    memory_mib: int = 0
+    gpus: int = 0
+    tasks: int = 0
+
+
+class PoolGpu(_Model):
+    index: int
+    model: str
+    in_use: bool
+
+
+class Pool(_Model):
+    name: str
+    executor: str
+    node: str = ""
+    capacity: ResourceUse
+    in_use: ResourceUse
+    gpus: list[PoolGpu] = Field(default_factory=list)
+    running_jobs: int
+    queued_jobs: int
+
+
+class Queue(_Model):
+    name: str
+    pool: str
+    priority: int
+    limits: dict[str, float | None] = Field(default_factory=dict)
+    running_jobs: int
+    queued_jobs: int
+    in_use: ResourceUse
+
+
 class Health(_Model):
     status: str
     version: str = ""
@@ -132,3 +185,39 @@ class NewUser(_Model):
 
     name: str
     token: str
+    admin: bool = False
+    token_id: int | None = None
+
+
+class UserInfo(_Model):
+    """A user as an admin lists them; `tokens` counts those not revoked."""
+
+    name: str
+    admin: bool
+    created_at: datetime
+    tokens: int = 0
+
+
+class UserList(_Model):
+    items: list[UserInfo]
+
+
+class Token(_Model):
+    """An API token as listed: never its value."""
+
+    id: int
+    user: str
+    name: str = ""
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class NewToken(Token):
+    """A token just created: `token` is its value, shown only this once."""
+
+    token: str
+
+
+class TokenList(_Model):
+    items: list[Token]

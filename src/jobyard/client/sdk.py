@@ -17,6 +17,7 @@ import builtins
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
@@ -26,7 +27,19 @@ from jobyard.client import calls
 from jobyard.client.calls import Entrypoint, JobRef, ListFilters, SubmitOptions
 from jobyard.client.discovery import discover_token, discover_url
 from jobyard.client.errors import ServerUnreachable, WaitTimeout
-from jobyard.client.models import Event, Health, Job, JobPage, NewUser, User
+from jobyard.client.models import (
+    Event,
+    Health,
+    Job,
+    JobPage,
+    NewToken,
+    NewUser,
+    Pool,
+    Queue,
+    Token,
+    User,
+    UserInfo,
+)
 
 T = TypeVar("T")
 
@@ -177,12 +190,48 @@ class Client:
     def health(self) -> Health:
         return self._send(calls.health())
 
+    def pools(self) -> builtins.list[Pool]:
+        """Each pool's capacity and use, running and queued jobs."""
+        return self._send(calls.pools())
+
+    def queues(self) -> builtins.list[Queue]:
+        """Each queue's pool, priority, limits, running and queued jobs."""
+        return self._send(calls.queues())
+
     def whoami(self) -> User:
         return self._send(calls.whoami())
 
     def create_user(self, name: str, *, admin: bool = False) -> NewUser:
         """Admin only: a new user and their token."""
         return self._send(calls.create_user(name, admin=admin))
+
+    def list_users(self) -> builtins.list[UserInfo]:
+        """Admin only."""
+        return self._send(calls.list_users())
+
+    def remove_user(self, name: str) -> None:
+        """Admin only: the user and their tokens (their jobs stay)."""
+        self._send(calls.remove_user(name))
+
+    def create_token(
+        self,
+        user: str | None = None,
+        *,
+        name: str = "",
+        expires_in: float | None = None,
+        expires_at: datetime | None = None,
+    ) -> NewToken:
+        """A new token for `user` (default: yourself; others' need an admin). Its value is in
+        the answer only."""
+        return self._send(
+            calls.create_token(user=user, name=name, expires_in=expires_in, expires_at=expires_at)
+        )
+
+    def list_tokens(self, user: str | None = None) -> builtins.list[Token]:
+        return self._send(calls.list_tokens(user))
+
+    def revoke_token(self, token_id: int) -> Token:
+        return self._send(calls.revoke_token(token_id))
 
     def close(self) -> None:
         self._http.close()
@@ -317,11 +366,41 @@ class AsyncClient:
     async def health(self) -> Health:
         return await self._send(calls.health())
 
+    async def pools(self) -> builtins.list[Pool]:
+        return await self._send(calls.pools())
+
+    async def queues(self) -> builtins.list[Queue]:
+        return await self._send(calls.queues())
+
     async def whoami(self) -> User:
         return await self._send(calls.whoami())
 
     async def create_user(self, name: str, *, admin: bool = False) -> NewUser:
         return await self._send(calls.create_user(name, admin=admin))
+
+    async def list_users(self) -> builtins.list[UserInfo]:
+        return await self._send(calls.list_users())
+
+    async def remove_user(self, name: str) -> None:
+        await self._send(calls.remove_user(name))
+
+    async def create_token(
+        self,
+        user: str | None = None,
+        *,
+        name: str = "",
+        expires_in: float | None = None,
+        expires_at: datetime | None = None,
+    ) -> NewToken:
+        return await self._send(
+            calls.create_token(user=user, name=name, expires_in=expires_in, expires_at=expires_at)
+        )
+
+    async def list_tokens(self, user: str | None = None) -> builtins.list[Token]:
+        return await self._send(calls.list_tokens(user))
+
+    async def revoke_token(self, token_id: int) -> Token:
+        return await self._send(calls.revoke_token(token_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()

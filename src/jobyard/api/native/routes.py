@@ -8,18 +8,16 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from jobyard import __version__
-from jobyard.api.deps import AuthDep, CurrentUser, JobsDep, LogsDep
+from jobyard.api.deps import CurrentUser, JobsDep, LogsDep
 from jobyard.api.native.schemas import (
     EventList,
     JobCreate,
     JobList,
     JobPublic,
-    UserCreate,
-    UserCreated,
     job_response,
     page_response,
 )
-from jobyard.errors import Forbidden, InvalidInput
+from jobyard.errors import InvalidInput
 from jobyard.model import JobState
 from jobyard.service import JobQuery, LogQuery
 
@@ -38,14 +36,6 @@ async def health() -> dict[str, str]:
 @router.get("/whoami", tags=["meta"])
 async def whoami(user: CurrentUser) -> dict[str, Any]:
     return {"name": user.name, "admin": user.is_admin}
-
-
-@router.post("/users", tags=["meta"], status_code=201, response_model=UserCreated)
-async def create_user(body: UserCreate, user: CurrentUser, auth: AuthDep) -> UserCreated:
-    if not user.is_admin:
-        raise Forbidden("only an admin can create users")
-    token = await auth.create_user_token(body.name, is_admin=body.admin)
-    return UserCreated(name=body.name, token=token)
 
 
 @router.post(
@@ -103,7 +93,7 @@ async def list_jobs(
         limit=limit,
         cursor=_cursor(cursor),
     )
-    page = await jobs.list_jobs(user, query)
+    page = await jobs.list_jobs(user, query, page_field="limit")
     return page_response(page.items, page.next_cursor, page.total)
 
 

@@ -21,6 +21,7 @@ class JobCreate(JobSpec):
 
     name: JobName | None = None
     queue: QueueName | None = None
+    pool: QueueName | None = None
     priority: Priority = 0
     labels: Labels = Field(default_factory=dict)
     submission_id: SubmissionId | None = None
@@ -35,6 +36,7 @@ class JobCreate(JobSpec):
             spec=spec,
             name=self.name,
             queue=self.queue,
+            pool=self.pool,
             priority=self.priority,
             labels=self.labels,
             submission_id=self.submission_id,
