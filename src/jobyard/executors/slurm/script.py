@@ -19,13 +19,23 @@ from pathlib import Path
 from jobyard.config import SlurmSettings
 from jobyard.model import JobSpec
 
-# $1 the exit file, $2 the node file, the rest the task's argv. The trap keeps the supervisor
-# alive through the TERM of a stop so it can record the code; the task itself gets default
-# dispositions back on exec. The supervisor's stderr is /dev/null and the task's is the log.
+# The task runs in a session of its own (setsid), so that once it has ended whatever it left
+# running is killed with its process group, as on the local executor: Slurm's proctrack/linuxproc
+# loses track of processes whose parent exited. The supervisor waits for it again after each
+# trapped signal (a stop's TERM interrupts `wait`) and then writes its exit code. The trap keeps
+# the supervisor alive through that TERM; the task gets default dispositions back on exec. The
+# supervisor's stderr is /dev/null and the task's is the log; stdin is passed on (fd 4).
+_RUN = (
+    "trap : TERM INT HUP; exec 3>&2 2>/dev/null 4<&0; "
+    'if command -v setsid >/dev/null; then setsid -w "$@" <&4 2>&3 3>&- 4<&- & t=$!; '
+    'else "$@" <&4 2>&3 3>&- 4<&- & t=$!; fi; '
+    'while :; do wait "$t"; rc=$?; kill -0 "$t" 2>/dev/null || break; done; '
+)
+_REAP = 'kill -KILL -"$t" 2>/dev/null; exit "$rc"'
+# $1 the exit file, $2 the node file, the rest the task's argv.
 _SINGLE = (
     'x=$1; n=$2; shift 2; printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$n"; '
-    "trap : TERM INT HUP; exec 3>&2 2>/dev/null; "
-    '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
+    f'{_RUN}printf "%s\\n" "$rc" > "$x"; {_REAP}'
 )
 # $1 the path prefix of the task files (<dir>/<display_id>-worker-), the rest the argv.
 # Ranks come from Slurm's own variables, under the names the local executor uses.
@@ -37,8 +47,7 @@ _MULTI = (
     "for v in MASTER_ADDR MASTER_PORT WORLD_SIZE RANK NODE_RANK LOCAL_RANK NNODES NPROC_PER_NODE; "
     'do eval "export JOBYARD_$v=\\"\\$$v\\""; done; '
     'printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$p$i.node"; '
-    "trap : TERM INT HUP; exec 3>&2 2>/dev/null; "
-    '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$p$i.exit"; exit "$rc"'
+    f'{_RUN}printf "%s\\n" "$rc" > "$p$i.exit"; {_REAP}'
 )
 
 
