@@ -1,20 +1,15 @@
-"""The Slurm executor against a real Slurm (`.ci/slurm-setup.sh` starts one on this machine).
-
-Skipped, with the reason, where Slurm is not installed or no cluster answers. The tests share
-the one cluster, also between xdist workers: they hold a shared lock, and the test that fills
-the node holds it exclusively.
+"""What only the Slurm executor does, against a real Slurm (`.ci/slurm-setup.sh` starts one on
+this machine): gres GPUs, Slurm's refusals and pending reasons, srun shells, reattaching by Slurm
+id, and the whole server on Slurm. The executor contract it shares with the local executor is in
+`test_executor_contract.py`. Skipped, with the reason, where no Slurm cluster answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import pty
-import pwd
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,78 +19,34 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
-from jobyard.config import SlurmSettings
 from jobyard.errors import ExecutorRefused, ExecutorUnavailable
 from jobyard.executors.base import Handle, StartedTask, TaskReport
 from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
 from tests.helpers import make_settings, running_server, wait_for
+from tests.integration.slurm_support import (
+    ENV,
+    SKIP_REASON,
+    holding_the_cluster,
+    slurm,
+    slurm_settings,
+)
+from tests.integration.test_executor_contract import run_in_pty
 
-
-def _find_conf() -> str | None:
-    if os.environ.get("SLURM_CONF"):
-        return os.environ["SLURM_CONF"]
-    for candidate in (
-        f"/var/tmp/jobyard-slurm-{pwd.getpwuid(os.getuid()).pw_name}/slurm.conf",
-        "/etc/slurm/slurm.conf",
-    ):
-        if Path(candidate).is_file():
-            return candidate
-    return None
-
-
-CONF = _find_conf()
-_ENV = {**os.environ, **({"SLURM_CONF": CONF} if CONF else {})}
-
-
-def _why_skip() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "Slurm is not installed (no sbatch on PATH); run .ci/slurm-setup.sh"
-    ping = subprocess.run(
-        ["scontrol", "ping"], capture_output=True, text=True, env=_ENV, timeout=10, check=False
-    )
-    if ping.returncode != 0:
-        said = ping.stdout.strip() or ping.stderr.strip()
-        return f"no Slurm cluster answers (scontrol ping: {said})"
-    return None
-
-
-_SKIP = _why_skip()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON)),
+]
 
 _next_id = iter(range(1, 100_000))
-_LOCK = "/tmp/jobyard-slurm-tests.lock"
-
-
-def slurm(*args: str) -> str:
-    return subprocess.run(
-        args, capture_output=True, text=True, env=_ENV, timeout=30, check=True
-    ).stdout.strip()
 
 
 @pytest.fixture(autouse=True)
 def shared_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
-    """Hold the cluster (shared, or alone); afterwards cancel what the test left in Slurm
-    (its jobs' working directories are inside its tmp_path), even when it failed."""
     exclusive = request.node.get_closest_marker("exclusive_cluster") is not None
-    fd = os.open(_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    with holding_the_cluster(tmp_path, exclusive=exclusive):
         yield
-    finally:
-        mine = [
-            line.split("|", 1)[0]
-            for line in slurm("squeue", "-h", "-o", "%i|%Z").splitlines()
-            if line.split("|", 1)[-1].startswith(str(tmp_path))
-        ]
-        if mine:
-            slurm("scancel", *mine)
-        os.close(fd)
-
-
-def slurm_settings(**overrides: Any) -> SlurmSettings:
-    return SlurmSettings(conf=Path(CONF) if CONF else None, **overrides)
 
 
 @pytest.fixture
@@ -103,7 +54,7 @@ async def executor(home: Path) -> AsyncIterator[SlurmExecutor]:
     ex = SlurmExecutor(make_settings(home, executor="slurm", slurm=slurm_settings()))
     yield ex
     for slurm_id in getattr(ex, "test_started", []):
-        subprocess.run(["scancel", slurm_id], env=_ENV, check=False, capture_output=True)
+        subprocess.run(["scancel", slurm_id], env=ENV, check=False, capture_output=True)
     await ex.close()
 
 
@@ -143,49 +94,16 @@ async def wait_report(
     raise AssertionError(f"task did not reach {until} in time (last: {report})")
 
 
-async def run_to_end(executor: SlurmExecutor, **spec: Any) -> tuple[TaskReport, str]:
-    (task,) = await start(executor, placement(**spec))
-    report = await wait_report(executor, task.handle)
-    return report, executor.read_log(task.handle, 0, 1 << 20).decode()
+# ---- the executor ------------------------------------------------------------------------------
 
 
-def env_of(log: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
-
-
-# ---- the executor contract (as the local executor passes it) ----------------------------------
-
-
-async def test_exit_code_and_output_are_recorded(executor: SlurmExecutor) -> None:
-    report, log = await run_to_end(executor, entrypoint="echo out; echo err >&2; exit 7")
-    assert (report.state, report.exit_code) == (TaskState.EXITED, 7)
-    assert "out\n" in log and "err\n" in log
-    report, _ = await run_to_end(executor, entrypoint="true")
-    assert (report.state, report.exit_code) == (TaskState.EXITED, 0)
-
-
-async def test_argv_entrypoint_is_not_shell_parsed(executor: SlurmExecutor) -> None:
-    report, log = await run_to_end(executor, entrypoint=["echo", "$HOME", "a b", "it's"])
-    assert report.exit_code == 0
-    assert log == "$HOME a b it's\n"
-
-
-async def test_environment_has_spec_env_and_jobyard_variables(executor: SlurmExecutor) -> None:
-    p = placement(entrypoint="env", env={"FOO": "bar baz", "Q": "'\"$x\n"})
+async def test_the_slurm_job_is_named_after_the_jobyard_job(executor: SlurmExecutor) -> None:
+    p = placement(entrypoint='echo "$SLURM_JOB_NAME"')
     (task,) = await start(executor, p)
-    await wait_report(executor, task.handle)
-    env = env_of(executor.read_log(task.handle, 0, 1 << 20).decode())
-    assert env["FOO"] == "bar baz"
-    assert env["JOBYARD_JOB_ID"] == str(p.job_id)
-    assert env["JOBYARD_TASK_NAME"] == p.tasks[0].name
-    assert env["SLURM_JOB_NAME"] == f"jobyard-{p.job_id}-{p.display_id}"
-    assert env["CUDA_VISIBLE_DEVICES"] == ""  # no GPUs asked for: none visible
-    assert not any(
-        k.startswith("JOBYARD_")
-        and k
-        not in ("JOBYARD_JOB_ID", "JOBYARD_TASK_NAME", "JOBYARD_TASK_INDEX", "JOBYARD_DISPLAY_ID")
-        for k in env
-    )
+    assert (await wait_report(executor, task.handle)).exit_code == 0
+    name = f"jobyard-{p.job_id}-{p.display_id}"
+    assert executor.read_log(task.handle, 0, 4096).decode() == name + "\n"
+    assert slurm("squeue", "-h", "-t", "all", "-n", name, "-o", "%i") == task.handle["slurm_job_id"]
 
 
 async def test_gpus_are_allocated_by_slurm_gres(executor: SlurmExecutor) -> None:
@@ -201,11 +119,13 @@ async def test_gpus_are_allocated_by_slurm_gres(executor: SlurmExecutor) -> None
     assert executor.read_log(task.handle, 0, 4096).decode().strip() == "[0,1]"
 
 
-async def test_a_two_task_job_sees_rank_0_and_1(executor: SlurmExecutor) -> None:
+async def test_a_two_task_job_is_one_slurm_job_with_a_gpu_per_task(
+    executor: SlurmExecutor,
+) -> None:
     gpus = 1 if len(executor.capacity().gpus) >= 2 else 0
     p = placement(
-        entrypoint='echo "$RANK/$WORLD_SIZE $LOCAL_RANK $MASTER_ADDR:$MASTER_PORT '
-        '$JOBYARD_TASK_NAME gpu=$CUDA_VISIBLE_DEVICES $JOBYARD_RANK $NNODES/$NPROC_PER_NODE"',
+        entrypoint='echo "$LOCAL_RANK $JOBYARD_RANK $NNODES/$NPROC_PER_NODE '
+        'gpu=$CUDA_VISIBLE_DEVICES"',
         replicas=2,
         resources={"gpus": gpus},
     )
@@ -213,36 +133,11 @@ async def test_a_two_task_job_sees_rank_0_and_1(executor: SlurmExecutor) -> None
     assert {t.handle["slurm_job_id"] for t in tasks} == {tasks[0].handle["slurm_job_id"]}
     lines = []
     for task in tasks:
-        report = await wait_report(executor, task.handle)
-        assert report.exit_code == 0
+        assert (await wait_report(executor, task.handle)).exit_code == 0
         lines.append(executor.read_log(task.handle, 0, 4096).decode().split())
-    assert [line[0] for line in lines] == ["0/2", "1/2"]
-    assert lines[0][2] == lines[1][2] and lines[0][2].split(":")[1].isdigit()  # MASTER_*
-    assert [line[3] for line in lines] == [t.name for t in p.tasks]
-    assert [line[5:] for line in lines] == [["0", "1/2"], ["1", "1/2"]]  # one node, 2 tasks
+    assert [line[:3] for line in lines] == [["0", "0", "1/2"], ["1", "1", "1/2"]]  # one node
     if gpus:  # each task its own GPU
-        assert sorted(line[4] for line in lines) == ["gpu=0", "gpu=1"]
-
-
-async def test_cwd_is_working_dir_or_a_per_job_directory(
-    executor: SlurmExecutor, tmp_path: Path
-) -> None:
-    _, log = await run_to_end(executor, entrypoint="pwd", working_dir=str(tmp_path))
-    assert log.strip() == str(tmp_path)
-    _, log = await run_to_end(executor, entrypoint="pwd")
-    assert Path(log.strip()).parent == (tmp_path / "home" / "jobs").resolve()
-
-
-async def test_a_program_that_cannot_run_fails_with_127(executor: SlurmExecutor) -> None:
-    report, log = await run_to_end(executor, entrypoint=["no-such-program-xyz"])
-    assert (report.state, report.exit_code) == (TaskState.EXITED, 127)
-    assert "no-such-program-xyz" in log
-
-
-async def test_images_are_refused_naming_the_field(executor: SlurmExecutor) -> None:
-    with pytest.raises(ExecutorRefused) as info:
-        executor.check_spec_supported(JobSpec(entrypoint="true", image="python:3.11"))
-    assert info.value.field == "image"
+        assert sorted(line[3] for line in lines) == ["gpu=0", "gpu=1"]
 
 
 @pytest.mark.parametrize(
@@ -255,26 +150,6 @@ async def test_what_slurm_cannot_run_is_refused_with_slurms_reason(
     with pytest.raises(ExecutorRefused, match="Slurm cannot run this job: .*not available"):
         executor.check_spec_supported(JobSpec(entrypoint="true", resources=resources))
     executor.check_spec_supported(JobSpec(entrypoint="true"))  # a fitting one is fine
-
-
-async def test_stop_terminates_then_kills_after_the_grace_period(executor: SlurmExecutor) -> None:
-    (polite,) = await start(executor, placement(entrypoint="echo ready; sleep 300"))
-    (stubborn,) = await start(
-        executor, placement(entrypoint=["sh", "-c", "trap '' TERM; echo ready; sleep 300"])
-    )
-    for task in (polite, stubborn):
-        wait_for(lambda t=task: executor.read_log(t.handle, 0, 100) == b"ready\n", timeout=30)
-    started = time.monotonic()
-    await executor.stop(polite.handle, grace=5)
-    await executor.stop(stubborn.handle, grace=1)
-    await executor.stop(stubborn.handle, grace=1)  # idempotent
-    assert (await wait_report(executor, polite.handle)).exit_code == 128 + 15
-    report = await wait_report(executor, stubborn.handle)
-    assert time.monotonic() - started >= 0.9
-    assert report.exit_code == 128 + 9
-    for task in (polite, stubborn):
-        state = slurm("squeue", "-h", "-t", "all", "-j", task.handle["slurm_job_id"], "-o", "%T")
-        assert state in ("CANCELLED", "FAILED", "COMPLETING")
 
 
 @pytest.mark.exclusive_cluster
@@ -305,48 +180,17 @@ async def test_a_job_waiting_for_room_reports_slurms_pending_reason(
     assert executor.read_log(task.handle, 0, 100) == b"ran\n"
 
 
-async def test_a_shell_command_runs_inside_the_allocation(executor: SlurmExecutor) -> None:
-    p = placement(entrypoint="echo ready; sleep 300", env={"MINE": "yes"})
+async def test_a_shell_command_is_an_srun_step_of_the_job(executor: SlurmExecutor) -> None:
+    p = placement(entrypoint="echo ready; sleep 300")
     (task,) = await start(executor, p)
     wait_for(lambda: executor.read_log(task.handle, 0, 100) == b"ready\n", timeout=30)
     await executor.poll([task.handle])
-    shell = executor.shell_command(
-        p, 0, task.handle, 'echo "job=$SLURM_JOB_ID mine=$MINE cwd=$(pwd)"'
-    )
-    assert shell.argv[:4] == [
-        "srun",
-        f"--jobid={task.handle['slurm_job_id']}",
-        "--overlap",
-        "--pty",
-    ]
+    shell = executor.shell_command(p, 0, task.handle, 'echo "job=$SLURM_JOB_ID/$SLURM_STEP_ID"')
+    slurm_id = task.handle["slurm_job_id"]
+    assert shell.argv[:4] == ["srun", f"--jobid={slurm_id}", "--overlap", "--pty"]
     output = run_in_pty(shell.argv, shell.env, shell.cwd)
-    assert f"job={task.handle['slurm_job_id']} mine=yes cwd={task.handle['cwd']}" in output
+    assert re.search(rf"job={slurm_id}/\d+", output), output  # a step inside the allocation
     await executor.stop(task.handle, grace=1)
-    await wait_report(executor, task.handle)
-    with pytest.raises(Exception, match="not running"):
-        executor.shell_command(p, 0, task.handle)
-
-
-def run_in_pty(argv: list[str], env: dict[str, str], cwd: str, timeout: float = 30) -> str:
-    """Run argv on a pseudo-terminal (as the web terminal does) and return what it printed."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.chdir(cwd)
-        os.execvpe(argv[0], argv, env)
-    chunks, deadline = [], time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(fd)
-        os.waitpid(pid, 0)
-    return b"".join(chunks).decode(errors="replace")
 
 
 async def test_unknown_jobs_report_lost_with_a_message(
@@ -363,27 +207,6 @@ async def test_unknown_jobs_report_lost_with_a_message(
         assert report.state is TaskState.LOST
     finally:
         slurm("scancel", other)
-
-
-async def test_a_new_executor_reattaches_and_reads_the_exit_code(home: Path) -> None:
-    settings = make_settings(home, executor="slurm", slurm=slurm_settings())
-    first = SlurmExecutor(settings)
-    (task,) = await first.start(placement(entrypoint="sleep 1; exit 4"))
-    await first.close()
-    second = SlurmExecutor(settings)  # as after a server restart
-    try:
-        report = await wait_report(second, task.handle)
-        assert (report.state, report.exit_code) == (TaskState.EXITED, 4)
-    finally:
-        await second.close()
-
-
-async def test_release_with_files_removes_the_log(executor: SlurmExecutor) -> None:
-    (task,) = await start(executor, placement(entrypoint="echo x"))
-    await wait_report(executor, task.handle)
-    executor.release(task.handle, remove_files=True)
-    assert not Path(task.handle["log"]).exists()
-    assert not Path(task.handle["exit"]).exists()
 
 
 # ---- through the whole server ------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The Slurm cluster the tests share (`.ci/slurm-setup.sh` starts one on this machine).
+
+Tests that use it are skipped, with the reason, where Slurm is not installed or no cluster
+answers. They share the one cluster, also between xdist workers: each holds a shared lock, and
+a test that fills the node holds it exclusively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from jobyard.config import SlurmSettings
+
+
+def _find_conf() -> str | None:
+    if os.environ.get("SLURM_CONF"):
+        return os.environ["SLURM_CONF"]
+    for candidate in (
+        f"/var/tmp/jobyard-slurm-{pwd.getpwuid(os.getuid()).pw_name}/slurm.conf",
+        "/etc/slurm/slurm.conf",
+    ):
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
+CONF = _find_conf()
+ENV = {**os.environ, **({"SLURM_CONF": CONF} if CONF else {})}
+_LOCK = "/tmp/jobyard-slurm-tests.lock"
+
+
+def _why_skip() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "Slurm is not installed (no sbatch on PATH); run .ci/slurm-setup.sh"
+    ping = subprocess.run(
+        ["scontrol", "ping"], capture_output=True, text=True, env=ENV, timeout=10, check=False
+    )
+    if ping.returncode != 0:
+        said = ping.stdout.strip() or ping.stderr.strip()
+        return f"no Slurm cluster answers (scontrol ping: {said})"
+    return None
+
+
+SKIP_REASON = _why_skip()
+
+
+def slurm(*args: str) -> str:
+    """Run a Slurm tool against the test cluster; its stdout, stripped."""
+    return subprocess.run(
+        args, capture_output=True, text=True, env=ENV, timeout=30, check=True
+    ).stdout.strip()
+
+
+def slurm_settings(**overrides: Any) -> SlurmSettings:
+    return SlurmSettings(conf=Path(CONF) if CONF else None, **overrides)
+
+
+@contextlib.contextmanager
+def holding_the_cluster(tmp_path: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Hold the cluster (shared, or alone); afterwards cancel what the test left in Slurm
+    (its jobs' working directories are inside its tmp_path), even when it failed."""
+    fd = os.open(_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        mine = [
+            line.split("|", 1)[0]
+            for line in slurm("squeue", "-h", "-o", "%i|%Z").splitlines()
+            if line.split("|", 1)[-1].startswith(str(tmp_path))
+        ]
+        if mine:
+            slurm("scancel", *mine)
+        os.close(fd)

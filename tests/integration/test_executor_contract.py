@@ -1,0 +1,381 @@
+"""The executor contract: the same tests, against every executor that runs jobs for real.
+
+Each test runs on the local executor (processes on this machine) and on the Slurm executor (a
+real single-machine Slurm, `.ci/slurm-setup.sh`; skipped with the reason where there is none).
+What only one executor does (process groups and reused pids, Slurm's gres, pending reasons and
+refusals) is tested in `test_local_executor.py` and `test_slurm_executor.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pty
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from jobyard.config import GpuSpec, Settings
+from jobyard.errors import ExecutorRefused
+from jobyard.executors.base import Executor, Handle, StartedTask, StartFailed, TaskReport
+from jobyard.executors.local.executor import LocalExecutor
+from jobyard.executors.slurm.executor import SlurmExecutor
+from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model.job import TaskPlacement
+from tests.helpers import make_settings, wait_for
+from tests.integration.slurm_support import SKIP_REASON, holding_the_cluster, slurm_settings
+
+_numbers = itertools.count(1)
+_ENDED = {TaskState.EXITED, TaskState.LOST}
+
+KINDS = [
+    pytest.param("local", id="local"),
+    pytest.param(
+        "slurm",
+        id="slurm",
+        marks=[
+            pytest.mark.slurm,
+            pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON)),
+        ],
+    ),
+]
+
+
+def settings_for(kind: str, home: Path) -> Settings:
+    if kind == "slurm":
+        return make_settings(home, executor="slurm", slurm=slurm_settings())
+    # a machine with GPUs, so that "no GPUs asked for" has something to hide
+    return make_settings(home, gpus=[GpuSpec(index=i, model="test") for i in range(4)])
+
+
+def new_executor(kind: str, settings: Settings) -> Executor:
+    return SlurmExecutor(settings) if kind == "slurm" else LocalExecutor(settings)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param != "slurm":
+        yield request.param
+        return
+    with holding_the_cluster(tmp_path):  # and cancels what the test left in Slurm
+        yield request.param
+
+
+@pytest.fixture
+async def executor(kind: str, home: Path) -> AsyncIterator[Executor]:
+    ex = new_executor(kind, settings_for(kind, home))
+    yield ex
+    await ex.close()
+
+
+def placement(**spec: Any) -> Placement:
+    """Job ids unique across xdist workers: Slurm sees the jobs of every worker at once."""
+    job_id = 10_000_000 + os.getpid() * 1000 + next(_numbers) % 1000
+    job_spec = JobSpec(**spec)
+    tasks = [
+        TaskPlacement(index=i, name=f"job{job_id}-worker-{i}", node="n")
+        for i in range(job_spec.replicas)
+    ]
+    return Placement(
+        job_id=job_id, display_id=f"job{job_id}", owner="alice", spec=job_spec, tasks=tasks
+    )
+
+
+async def wait_report(
+    executor: Executor, handle: Handle, *, until: set[TaskState] = _ENDED, timeout: float = 30
+) -> TaskReport:
+    deadline = time.monotonic() + timeout
+    while True:
+        (report,) = await executor.poll([handle])
+        if report.state in until:
+            return report
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task did not reach {until} in time (last: {report})")
+        await asyncio.sleep(0.05)
+
+
+async def run_to_end(executor: Executor, **spec: Any) -> tuple[TaskReport, str]:
+    (task,) = await executor.start(placement(**spec))
+    report = await wait_report(executor, task.handle)
+    return report, log_of(executor, task)
+
+
+def log_of(executor: Executor, task: StartedTask) -> str:
+    return executor.read_log(task.handle, 0, 1 << 20).decode()
+
+
+def env_of(log: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
+
+
+async def wait_log(executor: Executor, task: StartedTask, text: str) -> None:
+    """Until the task's log holds `text` (the program has got that far)."""
+    deadline = time.monotonic() + 30
+    while text not in log_of(executor, task):
+        assert time.monotonic() < deadline, f"{text!r} not in the log: {log_of(executor, task)!r}"
+        await asyncio.sleep(0.05)
+
+
+def pids_in(path: Path) -> list[int]:
+    return [int(word) for word in path.read_text().split()]
+
+
+def all_gone(pids: list[int], started_after: float) -> Callable[[], bool]:
+    """No process with one of these pids that started with the task (a reused pid is not it)."""
+
+    def check() -> bool:
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() >= started_after and proc.status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.Error:
+                continue
+        return True
+
+    return check
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+async def test_exit_code_and_output_are_recorded(executor: Executor) -> None:
+    report, log = await run_to_end(executor, entrypoint="echo out; echo err >&2; exit 7")
+    assert (report.state, report.exit_code) == (TaskState.EXITED, 7)
+    assert "out\n" in log and "err\n" in log
+    report, log = await run_to_end(executor, entrypoint="true")
+    assert (report.state, report.exit_code, log) == (TaskState.EXITED, 0, "")
+
+
+async def test_argv_entrypoint_is_not_shell_parsed(executor: Executor) -> None:
+    report, log = await run_to_end(executor, entrypoint=["echo", "$HOME", "a b", "it's"])
+    assert (report.exit_code, log) == (0, "$HOME a b it's\n")
+
+
+async def test_environment_has_spec_env_and_jobyard_variables(executor: Executor) -> None:
+    p = placement(entrypoint="env", env={"FOO": "bar baz", "Q": "'\"$x;`id`"})
+    (task,) = await executor.start(p)
+    await wait_report(executor, task.handle)
+    env = env_of(log_of(executor, task))
+    assert (env["FOO"], env["Q"]) == ("bar baz", "'\"$x;`id`")
+    assert env["JOBYARD_JOB_ID"] == str(p.job_id)
+    assert env["JOBYARD_DISPLAY_ID"] == p.display_id
+    assert (env["JOBYARD_TASK_NAME"], env["JOBYARD_TASK_INDEX"]) == (p.tasks[0].name, "0")
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # no GPUs asked for: none visible
+    own = {"JOBYARD_JOB_ID", "JOBYARD_TASK_NAME", "JOBYARD_TASK_INDEX", "JOBYARD_DISPLAY_ID"}
+    leaked = [k for k in env if k.startswith("JOBYARD_") and k not in own]
+    assert leaked == []  # the server's own settings (tokens, database URLs) never reach a job
+
+
+async def test_every_worker_of_a_multi_worker_job_gets_its_rank(executor: Executor) -> None:
+    p = placement(
+        entrypoint='echo "$RANK $WORLD_SIZE $MASTER_ADDR:$MASTER_PORT $JOBYARD_TASK_NAME '
+        '$NODE_RANK $LOCAL_RANK $NNODES $NPROC_PER_NODE"',
+        replicas=2,
+    )
+    tasks = await executor.start(p)
+    assert len(tasks) == 2
+    lines = []
+    for task in tasks:
+        assert (await wait_report(executor, task.handle)).exit_code == 0
+        lines.append(log_of(executor, task).split())
+    assert [line[:2] for line in lines] == [["0", "2"], ["1", "2"]]
+    assert lines[0][2] == lines[1][2]  # one rendezvous address for all
+    master_port = lines[0][2].rsplit(":", 1)[1]
+    assert master_port.isdigit() and 0 < int(master_port) < 65536
+    assert [line[3] for line in lines] == [t.name for t in p.tasks]
+    for line in lines:  # nodes x processes per node = world size
+        assert all(word.isdigit() for word in line[4:8]), line
+        assert int(line[6]) * int(line[7]) == 2
+
+
+async def test_cwd_is_working_dir_or_a_per_job_directory(
+    executor: Executor, tmp_path: Path
+) -> None:
+    _, log = await run_to_end(executor, entrypoint="pwd", working_dir=str(tmp_path))
+    assert log.strip() == str(tmp_path)
+    _, log = await run_to_end(executor, entrypoint="pwd")
+    assert Path(log.strip()).parent == (tmp_path / "home" / "jobs").resolve()
+
+
+async def test_a_program_that_cannot_run_never_succeeds_and_says_why(executor: Executor) -> None:
+    """Refused at start with the reason (local), or run and ended with the shell's 127 and its
+    message in the log (Slurm runs the program on a node, where the check belongs)."""
+    try:
+        report, log = await run_to_end(executor, entrypoint=["no-such-program-xyz"])
+    except StartFailed as refused:
+        assert "no-such-program-xyz" in str(refused)
+        return
+    assert (report.state, report.exit_code) == (TaskState.EXITED, 127)
+    assert "no-such-program-xyz" in log
+
+
+async def test_images_are_refused_naming_the_field(executor: Executor) -> None:
+    with pytest.raises(ExecutorRefused) as info:
+        executor.check_spec_supported(JobSpec(entrypoint="true", image="python:3.11"))
+    assert info.value.field == "image"
+    executor.check_spec_supported(JobSpec(entrypoint="true"))  # a plain one is fine
+
+
+async def test_poll_answers_for_many_tasks_in_their_order(executor: Executor) -> None:
+    quick = [(await executor.start(placement(entrypoint=f"exit {i}")))[0] for i in (3, 0, 5)]
+    for task in quick:
+        await wait_report(executor, task.handle)
+    reports = await executor.poll([t.handle for t in quick])
+    assert [(r.state, r.exit_code) for r in reports] == [
+        (TaskState.EXITED, 3),
+        (TaskState.EXITED, 0),
+        (TaskState.EXITED, 5),
+    ]
+
+
+# ---- logs ------------------------------------------------------------------------------------
+
+
+async def test_logs_are_read_from_any_offset(executor: Executor) -> None:
+    (task,) = await executor.start(placement(entrypoint="printf 'abcdef'; printf 'é' >&2"))
+    await wait_report(executor, task.handle)
+    assert executor.log_size(task.handle) == 8
+    assert executor.read_log(task.handle, 2, 3) == b"cde"
+    assert executor.read_log(task.handle, 6, 100) == "é".encode()
+    assert executor.read_log(task.handle, 8, 100) == b""
+
+
+async def test_release_with_files_removes_the_log(executor: Executor) -> None:
+    (task,) = await executor.start(placement(entrypoint="echo x"))
+    await wait_report(executor, task.handle)
+    assert log_of(executor, task) == "x\n"
+    executor.release(task.handle, remove_files=True)
+    assert not Path(task.handle["log"]).exists()
+    assert not Path(task.handle["exit"]).exists()
+    assert executor.read_log(task.handle, 0, 100) == b""
+
+
+# ---- stopping --------------------------------------------------------------------------------
+
+
+async def test_stop_terminates_then_kills_after_the_grace_period(executor: Executor) -> None:
+    (polite,) = await executor.start(placement(entrypoint="echo ready; sleep 300"))
+    (stubborn,) = await executor.start(
+        placement(entrypoint=["sh", "-c", "trap '' TERM; echo ready; sleep 300"])
+    )
+    for task in (polite, stubborn):
+        await wait_log(executor, task, "ready\n")
+    started = time.monotonic()
+    await executor.stop(polite.handle, grace=5)
+    await executor.stop(stubborn.handle, grace=1)
+    await executor.stop(stubborn.handle, grace=1)  # idempotent
+    assert (await wait_report(executor, polite.handle)).exit_code == 128 + 15
+    report = await wait_report(executor, stubborn.handle)
+    assert time.monotonic() - started >= 0.9  # the grace period was given
+    assert (report.state, report.exit_code) == (TaskState.EXITED, 128 + 9)
+    await executor.stop(stubborn.handle, grace=1)  # stopping an ended task is harmless
+    assert (await executor.poll([stubborn.handle]))[0].exit_code == 128 + 9
+
+
+async def test_stop_leaves_no_process_of_the_task(executor: Executor, tmp_path: Path) -> None:
+    begun = time.time() - 1
+    script = "sleep 300 & a=$!; (sleep 300 & echo $! > inner.pid; wait) & b=$!; "
+    script += 'echo "$a $b" > outer.pid; echo ready; wait'
+    (task,) = await executor.start(placement(entrypoint=script, working_dir=str(tmp_path)))
+    await wait_log(executor, task, "ready\n")
+    wait_for(lambda: (tmp_path / "inner.pid").exists() and (tmp_path / "inner.pid").read_text())
+    pids = pids_in(tmp_path / "outer.pid") + pids_in(tmp_path / "inner.pid")
+    assert not all_gone(pids, begun)()
+    await executor.stop(task.handle, grace=5)
+    assert (await wait_report(executor, task.handle)).exit_code == 128 + 15
+    wait_for(all_gone(pids, begun), timeout=15)
+
+
+async def test_what_a_finished_task_left_running_is_ended(
+    executor: Executor, tmp_path: Path
+) -> None:
+    begun = time.time() - 1
+    entry = "sleep 300 & echo $! > child.pid; exit 0"
+    (task,) = await executor.start(placement(entrypoint=entry, working_dir=str(tmp_path)))
+    assert (await wait_report(executor, task.handle)).exit_code == 0
+    wait_for(all_gone(pids_in(tmp_path / "child.pid"), begun), timeout=15)
+
+
+# ---- a shell in the task ---------------------------------------------------------------------
+
+
+def run_in_pty(argv: list[str], env: dict[str, str], cwd: str, timeout: float = 30) -> str:
+    """Run argv on a pseudo-terminal (as the web terminal and SSH do); what it printed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.chdir(cwd)
+        os.execvpe(argv[0], argv, env)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
+    return b"".join(chunks).decode(errors="replace")
+
+
+async def test_a_shell_command_runs_in_the_task_and_only_while_it_runs(
+    executor: Executor, tmp_path: Path
+) -> None:
+    p = placement(
+        entrypoint="echo ready; sleep 300", env={"MINE": "yes"}, working_dir=str(tmp_path)
+    )
+    (task,) = await executor.start(p)
+    await wait_log(executor, task, "ready\n")
+    await wait_report(executor, task.handle, until={TaskState.RUNNING})
+    shell = executor.shell_command(
+        p, 0, task.handle, 'echo "id=$JOBYARD_JOB_ID mine=$MINE cwd=$(pwd) tty=$(tty)"'
+    )
+    output = run_in_pty(shell.argv, shell.env, shell.cwd)
+    assert f"id={p.job_id} mine=yes cwd={tmp_path}" in output
+    assert "tty=/dev/pts/" in output  # a terminal, for interactive programs
+    await executor.stop(task.handle, grace=1)
+    await wait_report(executor, task.handle)
+    with pytest.raises(Exception, match="not running"):
+        executor.shell_command(p, 0, task.handle)
+
+
+# ---- restarts and unknown tasks --------------------------------------------------------------
+
+
+async def test_a_new_executor_reattaches_and_reads_the_exit_code(kind: str, home: Path) -> None:
+    settings = settings_for(kind, home)
+    first = new_executor(kind, settings)
+    (task,) = await first.start(placement(entrypoint="echo before; sleep 1; exit 4"))
+    await first.close()
+    second = new_executor(kind, settings)  # as after a server restart
+    try:
+        (report,) = await second.poll([task.handle])
+        assert report.state in (TaskState.PENDING, TaskState.RUNNING)
+        report = await wait_report(second, task.handle)
+        assert (report.state, report.exit_code) == (TaskState.EXITED, 4)
+        assert second.read_log(task.handle, 0, 100) == b"before\n"
+    finally:
+        await second.close()
+
+
+async def test_a_task_that_left_nothing_behind_is_lost_with_a_message(
+    executor: Executor, kind: str, tmp_path: Path
+) -> None:
+    files = {"exit": str(tmp_path / "none.exit"), "log": str(tmp_path / "none.log")}
+    handle: Handle = (
+        {"slurm_job_id": "987654321", "task": 0, **files}
+        if kind == "slurm"
+        else {"pid": 2**22 - 3, "start_ticks": 1, **files}
+    )
+    (report,) = await executor.poll([handle])
+    assert report.state is TaskState.LOST
+    assert report.message
