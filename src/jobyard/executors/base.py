@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,12 +101,22 @@ class Executor(ABC):
     def check_spec_supported(self, placement_spec: Any) -> None:
         """Raise ExecutorRefused (naming the field) for a spec this executor can never run."""
 
-    @abstractmethod
     def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
-        """Up to `limit` bytes of the task's log from byte `offset` (b"" at the end)."""
+        """Up to `limit` bytes of the task's log from byte `offset` (b"" at the end). By
+        default from the file the handle names as "log" (b"" when there is none)."""
+        try:
+            with open(handle["log"], "rb") as f:
+                f.seek(max(offset, 0))
+                return f.read(limit)
+        except (OSError, KeyError):
+            return b""
 
-    @abstractmethod
-    def log_size(self, handle: Handle) -> int: ...
+    def log_size(self, handle: Handle) -> int:
+        """The log's size in bytes; by default that of the handle's "log" file (0: none)."""
+        try:
+            return os.stat(handle["log"]).st_size
+        except (OSError, KeyError):
+            return 0
 
     @abstractmethod
     def release(self, handle: Handle, *, remove_files: bool) -> None:

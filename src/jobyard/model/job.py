@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -111,6 +112,19 @@ class PortSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: PortProtocol
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One gateway port lent to one declared port of a live job."""
+
+    port: int
+    job_id: int
+    display_id: str
+    owner: str
+    task_index: int
+    target_port: int
     protocol: PortProtocol
 
 

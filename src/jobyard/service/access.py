@@ -23,7 +23,7 @@ from jobyard.config import Settings
 from jobyard.errors import InvalidInput, NotFound
 from jobyard.executors.base import ShellCommand
 from jobyard.model import EventType, Job, JobState
-from jobyard.model.job import PortProtocol, PortSpec
+from jobyard.model.job import Lease, PortProtocol, PortSpec
 from jobyard.service.auth import User
 from jobyard.service.jobs import JobService
 from jobyard.store import gateway as g, secrets as store_secrets
@@ -34,19 +34,6 @@ log = logging.getLogger("jobyard.access")
 LIVE_STATES = (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
 _LIVE = [s.value for s in LIVE_STATES]
 MAX_KEYS = 64
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One gateway port lent to one declared port of a live job."""
-
-    port: int
-    job_id: int
-    display_id: str
-    owner: str
-    task_index: int
-    target_port: int
-    protocol: PortProtocol
 
 
 @dataclass(frozen=True)
@@ -140,7 +127,7 @@ class AccessService:
                 await self._db.write(lambda c: self._lease(c, needing))
             rows = await self._db.read(lambda c: g.list_leases(c))
             await self._remember_secrets(rows)
-            return [_lease(row) for row in rows]
+            return rows
 
     def _lease(self, conn: Connection, needing: list[tuple[int, dict[str, Any]]]) -> None:
         taken = g.leased_ports(conn)
@@ -180,7 +167,7 @@ class AccessService:
                     return picked
         return None
 
-    async def _remember_secrets(self, rows: list[g.LeaseRow]) -> None:
+    async def _remember_secrets(self, rows: list[Lease]) -> None:
         """Keep the secrets and declared ports of the jobs holding leases, and only theirs."""
         ports: dict[int, set[int]] = {}
         for row in rows:
@@ -225,7 +212,7 @@ class AccessService:
         tokens = await self._tokens({row.job_id for row in rows})
         out: dict[int, dict[str, list[str]]] = {}
         for row in rows:
-            url = self._url(_lease(row), tokens.get(row.job_id, ""))
+            url = self._url(row, tokens.get(row.job_id, ""))
             out.setdefault(row.job_id, {})[f"port_{row.target_port}"] = [url]
         return out
 
@@ -317,18 +304,6 @@ class AccessService:
     async def delete_key(self, user: User, key_id: int) -> None:
         if not await self._db.write(lambda c: g.delete_key(c, user.id, key_id)):
             raise NotFound(f"key {key_id} not found", field="key")
-
-
-def _lease(row: g.LeaseRow) -> Lease:
-    return Lease(
-        port=row.port,
-        job_id=row.job_id,
-        display_id=row.display_id,
-        owner=row.owner,
-        task_index=row.task_index,
-        target_port=row.target_port,
-        protocol=PortProtocol(row.protocol),
-    )
 
 
 __all__ = ["LIVE_STATES", "AccessService", "JobAccess", "Lease", "PublicKey", "ShellCommand"]

@@ -11,18 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, exists, insert, select
 
+from jobyard.model.job import Lease, PortProtocol
 from jobyard.store.tables import GatewayPortRow, JobRow, JobSecretRow, UserKeyRow, UserRow
-
-
-@dataclass(frozen=True)
-class LeaseRow:
-    port: int
-    job_id: int
-    display_id: str
-    owner: str
-    task_index: int
-    target_port: int
-    protocol: str
 
 
 @dataclass(frozen=True)
@@ -78,7 +68,7 @@ def release_ended(conn: Connection, live_states: Iterable[str]) -> int:
     return int(result.rowcount or 0)
 
 
-def list_leases(conn: Connection, job_ids: Sequence[int] | None = None) -> list[LeaseRow]:
+def list_leases(conn: Connection, job_ids: Sequence[int] | None = None) -> list[Lease]:
     query = select(
         GatewayPortRow.port,
         GatewayPortRow.job_id,
@@ -90,7 +80,10 @@ def list_leases(conn: Connection, job_ids: Sequence[int] | None = None) -> list[
     ).join(JobRow, JobRow.id == GatewayPortRow.job_id)
     if job_ids is not None:
         query = query.where(GatewayPortRow.job_id.in_(list(job_ids)))
-    return [LeaseRow(*row) for row in conn.execute(query.order_by(GatewayPortRow.port))]
+    return [
+        Lease(*row[:-1], protocol=PortProtocol(row.protocol))
+        for row in conn.execute(query.order_by(GatewayPortRow.port))
+    ]
 
 
 # ---- public keys --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from jobyard.executors.base import (
     StartFailed,
     TaskReport,
 )
+from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.local.gpus import discover_gpus
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
@@ -89,20 +90,7 @@ class LocalExecutor(Executor):
             self._environment_of(placement_spec)
 
     def _environment_of(self, spec: JobSpec) -> EnvironmentSpec | None:
-        """The catalog entry the spec's image names; a container image is refused."""
-        entry = self._settings.find_environment(spec.image)
-        if spec.image is None and (entry is None or entry.image is not None):
-            return None  # no catalog entry for the host: the server's own environment
-        if entry is None or entry.image is not None:
-            known = ", ".join(
-                f"{e.id} ({e.name})" for e in self._settings.environments if e.image is None
-            )
-            raise ExecutorRefused(
-                f"the local executor runs processes on this machine and cannot run the container "
-                f"image {spec.image!r}; use an environment of the catalog: {known or 'none'}",
-                field="image",
-            )
-        return entry
+        return catalog_entry(self._settings, spec, kind="local")
 
     async def start(self, placement: Placement) -> list[StartedTask]:
         self.check_spec_supported(placement.spec)
@@ -155,20 +143,6 @@ class LocalExecutor(Executor):
         env["SHELL"] = shell
         argv = [shell, "-c", command] if command is not None else [shell, "-i"]
         return ShellCommand(argv=argv, env=env, cwd=str(self._working_dir(placement)))
-
-    def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
-        try:
-            with open(handle["log"], "rb") as f:
-                f.seek(max(offset, 0))
-                return f.read(limit)
-        except (OSError, KeyError):
-            return b""
-
-    def log_size(self, handle: Handle) -> int:
-        try:
-            return os.stat(handle["log"]).st_size
-        except (OSError, KeyError):
-            return 0
 
     def release(self, handle: Handle, *, remove_files: bool) -> None:
         pid = int(handle.get("pid", 0))
@@ -293,21 +267,7 @@ class LocalExecutor(Executor):
         # The server's own JOBYARD_* settings (tokens, database URLs) never reach a job.
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")}
         entry = self._environment_of(placement.spec)
-        if entry is not None:
-            prefix = list(entry.path_prefix)
-            if entry.venv is not None:
-                prefix.insert(0, str(entry.venv / "bin"))
-                env["VIRTUAL_ENV"] = str(entry.venv)
-            if prefix:
-                env["PATH"] = os.pathsep.join([*prefix, env.get("PATH", os.defpath)])
-            env.update(entry.env)
-        env.update(placement.spec.env)
-        env.update(
-            JOBYARD_JOB_ID=str(placement.job_id),
-            JOBYARD_DISPLAY_ID=placement.display_id,
-            JOBYARD_TASK_NAME=task.name,
-            JOBYARD_TASK_INDEX=str(task.index),
-        )
+        env.update(task_environment(placement, task, entry, env.get("PATH", os.defpath)))
         if task.gpus or self._capacity.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in task.gpus)
         replicas = len(placement.tasks)
@@ -324,13 +284,6 @@ class LocalExecutor(Executor):
             }
             env.update(dist)
             env.update({f"JOBYARD_{key}": value for key, value in dist.items()})
-        # Declared ports: the program listens on the port it declared (on this machine); the
-        # gateway reaches it there. PORT is set when there is exactly one HTTP port.
-        for item in placement.spec.ports:
-            env[f"JOBYARD_PORT_{item.port}"] = str(item.port)
-        http = [item.port for item in placement.spec.ports if item.protocol == "http"]
-        if len(http) == 1:
-            env["PORT"] = str(http[0])
         return env
 
     # ---- watching and stopping ----------------------------------------------------------------

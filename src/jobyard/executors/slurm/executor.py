@@ -37,6 +37,7 @@ from jobyard.executors.base import (
     StartFailed,
     TaskReport,
 )
+from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.slurm import parse
 from jobyard.executors.slurm.commands import Result, Tools
 from jobyard.executors.slurm.script import build_submission, job_name, resource_args
@@ -152,16 +153,7 @@ class SlurmExecutor(Executor):
         return wanted
 
     def _environment_of(self, spec: JobSpec) -> EnvironmentSpec | None:
-        entry = self._settings.find_environment(spec.image)
-        if spec.image is None and (entry is None or entry.image is not None):
-            return None
-        if entry is None or entry.image is not None:
-            raise ExecutorRefused(
-                f"the slurm executor runs jobs as processes on the cluster's nodes and cannot "
-                f"run the container image {spec.image!r}",
-                field="image",
-            )
-        return entry
+        return catalog_entry(self._settings, spec, kind="slurm")
 
     # ---- start --------------------------------------------------------------------------------
 
@@ -233,32 +225,11 @@ class SlurmExecutor(Executor):
     def _job_env(self, placement: Placement) -> dict[str, str]:
         """What the job's tasks get on top of the environment sbatch exports (the server's,
         without JOBYARD_* and Slurm options): catalog, spec env, JOBYARD_*."""
-        env: dict[str, str] = {}
         entry = self._environment_of(placement.spec)
-        if entry is not None:
-            prefix = list(entry.path_prefix)
-            if entry.venv is not None:
-                prefix.insert(0, str(entry.venv / "bin"))
-                env["VIRTUAL_ENV"] = str(entry.venv)
-            if prefix:
-                env["PATH"] = os.pathsep.join([*prefix, self._tools.env.get("PATH", os.defpath)])
-            env.update(entry.env)
-        env.update(placement.spec.env)
-        task = placement.tasks[0]
-        env.update(
-            JOBYARD_JOB_ID=str(placement.job_id),
-            JOBYARD_DISPLAY_ID=placement.display_id,
-            JOBYARD_TASK_NAME=task.name,
-            JOBYARD_TASK_INDEX=str(task.index),
-        )
+        path = self._tools.env.get("PATH", os.defpath)
+        env = task_environment(placement, placement.tasks[0], entry, path)
         if placement.spec.resources.gpus == 0:
             env["CUDA_VISIBLE_DEVICES"] = ""  # no GPUs asked for: see none
-        # Declared ports: the program listens on them on its node (as on the local executor).
-        for item in placement.spec.ports:
-            env[f"JOBYARD_PORT_{item.port}"] = str(item.port)
-        http = [item.port for item in placement.spec.ports if item.protocol == "http"]
-        if len(http) == 1:
-            env["PORT"] = str(http[0])
         return env
 
     # ---- poll ---------------------------------------------------------------------------------
@@ -412,20 +383,6 @@ class SlurmExecutor(Executor):
             self.wakeup()
 
     # ---- logs, terminal, release --------------------------------------------------------------
-
-    def read_log(self, handle: Handle, offset: int, limit: int) -> bytes:
-        try:
-            with open(handle["log"], "rb") as f:
-                f.seek(max(offset, 0))
-                return f.read(limit)
-        except (OSError, KeyError):
-            return b""
-
-    def log_size(self, handle: Handle) -> int:
-        try:
-            return os.stat(handle["log"]).st_size
-        except (OSError, KeyError):
-            return 0
 
     def shell_command(
         self,
