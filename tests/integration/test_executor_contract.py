@@ -121,18 +121,17 @@ async def wait_log(executor: Executor, task: StartedTask, text: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def pids_in(path: Path) -> list[int]:
-    return [int(word) for word in path.read_text().split()]
+def processes_in(path: Path) -> list[psutil.Process]:
+    """The live processes whose pids the file lists, taken while they run: psutil then tells
+    them from a later process given the same pid (pids wrap at 32,768 here)."""
+    return [psutil.Process(int(word)) for word in path.read_text().split()]
 
 
-def all_gone(pids: list[int], started_after: float) -> Callable[[], bool]:
-    """No process with one of these pids that started with the task (a reused pid is not it)."""
-
+def all_gone(procs: list[psutil.Process]) -> Callable[[], bool]:
     def check() -> bool:
-        for pid in pids:
+        for proc in procs:
             try:
-                proc = psutil.Process(pid)
-                if proc.create_time() >= started_after and proc.status() != psutil.STATUS_ZOMBIE:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
                     return False
             except psutil.Error:
                 continue
@@ -279,27 +278,30 @@ async def test_stop_terminates_then_kills_after_the_grace_period(executor: Execu
 
 
 async def test_stop_leaves_no_process_of_the_task(executor: Executor, tmp_path: Path) -> None:
-    begun = time.time() - 1
     script = "sleep 300 & a=$!; (sleep 300 & echo $! > inner.pid; wait) & b=$!; "
     script += 'echo "$a $b" > outer.pid; echo ready; wait'
     (task,) = await executor.start(placement(entrypoint=script, working_dir=str(tmp_path)))
     await wait_log(executor, task, "ready\n")
     wait_for(lambda: (tmp_path / "inner.pid").exists() and (tmp_path / "inner.pid").read_text())
-    pids = pids_in(tmp_path / "outer.pid") + pids_in(tmp_path / "inner.pid")
-    assert not all_gone(pids, begun)()
+    procs = processes_in(tmp_path / "outer.pid") + processes_in(tmp_path / "inner.pid")
+    assert not all_gone(procs)()
     await executor.stop(task.handle, grace=5)
     assert (await wait_report(executor, task.handle)).exit_code == 128 + 15
-    wait_for(all_gone(pids, begun), timeout=15)
+    wait_for(all_gone(procs), timeout=15)
 
 
 async def test_what_a_finished_task_left_running_is_ended(
     executor: Executor, tmp_path: Path
 ) -> None:
-    begun = time.time() - 1
-    entry = "sleep 300 & echo $! > child.pid; exit 0"
+    # The task waits for `go` so that its child can be identified while it surely runs.
+    entry = "sleep 300 & echo $! > child.pid; until [ -e go ]; do sleep 0.05; done; exit 0"
     (task,) = await executor.start(placement(entrypoint=entry, working_dir=str(tmp_path)))
+    wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text())
+    procs = processes_in(tmp_path / "child.pid")
+    assert not all_gone(procs)()
+    (tmp_path / "go").touch()
     assert (await wait_report(executor, task.handle)).exit_code == 0
-    wait_for(all_gone(pids_in(tmp_path / "child.pid"), begun), timeout=15)
+    wait_for(all_gone(procs), timeout=15)
 
 
 # ---- a shell in the task ---------------------------------------------------------------------
