@@ -268,10 +268,6 @@ class AccessService:
         owner = User(id=0, name=lease.owner, is_admin=False)
         return await self._jobs.shell(owner, str(lease.job_id), task, command)
 
-    async def job_of(self, lease: Lease) -> Job:
-        owner = User(id=0, name=lease.owner, is_admin=False)
-        return await self._jobs.get(owner, str(lease.job_id))
-
     async def record_session(self, job_id: int, message: str) -> None:
         await self._jobs.record_event(job_id, EventType.NORMAL, "SSHSession", message)
 

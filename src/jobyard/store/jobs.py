@@ -94,10 +94,6 @@ _UPDATE_TASK = update(_TASKS).where(
 )
 
 
-def to_datetime(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-
 def new_display_id() -> str:
     return "".join(_DISPLAY_ALPHABET[b % 62] for b in secrets.token_bytes(_DISPLAY_LEN))
 
