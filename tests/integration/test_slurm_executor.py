@@ -6,13 +6,10 @@ id, and the whole server on Slurm. The executor contract it shares with the loca
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import re
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +17,22 @@ import pytest
 from websockets.sync.client import connect
 
 from jobyard.errors import ExecutorRefused, ExecutorUnavailable
-from jobyard.executors.base import Handle, StartedTask, TaskReport
+from jobyard.executors.slurm.commands import Result
 from jobyard.executors.slurm.executor import SlurmExecutor
-from jobyard.model import JobSpec, Placement, TaskState
-from jobyard.model.job import TaskPlacement
+from jobyard.model import JobSpec, TaskState
 from tests.helpers import make_settings, running_server, wait_for
 from tests.integration.slurm_support import (
-    ENV,
     SKIP_REASON,
     holding_the_cluster,
     slurm,
     slurm_settings,
 )
-from tests.integration.test_executor_contract import run_in_pty
+from tests.integration.test_executor_contract import placement, run_in_pty, wait_report
 
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON)),
 ]
-
-_next_id = iter(range(1, 100_000))
 
 
 @pytest.fixture(autouse=True)
@@ -52,46 +45,8 @@ def shared_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[N
 @pytest.fixture
 async def executor(home: Path) -> AsyncIterator[SlurmExecutor]:
     ex = SlurmExecutor(make_settings(home, executor="slurm", slurm=slurm_settings()))
-    yield ex
-    for slurm_id in getattr(ex, "test_started", []):
-        subprocess.run(["scancel", slurm_id], env=ENV, check=False, capture_output=True)
+    yield ex  # what it left in Slurm, shared_cluster cancels
     await ex.close()
-
-
-def placement(**spec: Any) -> Placement:
-    job_id = 10_000_000 + os.getpid() * 100 + next(_next_id)
-    job_spec = JobSpec(**spec)
-    tasks = [
-        TaskPlacement(index=i, name=f"job{job_id}-worker-{i}", node="slurm")
-        for i in range(job_spec.replicas)
-    ]
-    return Placement(
-        job_id=job_id, display_id=f"job{job_id}", owner="alice", spec=job_spec, tasks=tasks
-    )
-
-
-async def start(executor: SlurmExecutor, p: Placement) -> list[StartedTask]:
-    tasks = await executor.start(p)
-    started = executor.__dict__.setdefault("test_started", [])
-    started.append(tasks[0].handle["slurm_job_id"])
-    return tasks
-
-
-async def wait_report(
-    executor: SlurmExecutor,
-    handle: Handle,
-    *,
-    until: set[TaskState] | None = None,
-    timeout: float = 30,
-) -> TaskReport:
-    until = until or {TaskState.EXITED, TaskState.LOST}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        (report,) = await executor.poll([handle])
-        if report.state in until:
-            return report
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task did not reach {until} in time (last: {report})")
 
 
 # ---- the executor ------------------------------------------------------------------------------
@@ -99,7 +54,7 @@ async def wait_report(
 
 async def test_the_slurm_job_is_named_after_the_jobyard_job(executor: SlurmExecutor) -> None:
     p = placement(entrypoint='echo "$SLURM_JOB_NAME"')
-    (task,) = await start(executor, p)
+    (task,) = await executor.start(p)
     assert (await wait_report(executor, task.handle)).exit_code == 0
     name = f"jobyard-{p.job_id}-{p.display_id}"
     assert executor.read_log(task.handle, 0, 4096).decode() == name + "\n"
@@ -114,7 +69,7 @@ async def test_gpus_are_allocated_by_slurm_gres(executor: SlurmExecutor) -> None
     p = placement(
         entrypoint='echo "[$CUDA_VISIBLE_DEVICES]"', resources={"gpus": 2, "gpu_model": model}
     )
-    (task,) = await start(executor, p)
+    (task,) = await executor.start(p)
     assert (await wait_report(executor, task.handle)).exit_code == 0
     assert executor.read_log(task.handle, 0, 4096).decode().strip() == "[0,1]"
 
@@ -129,7 +84,7 @@ async def test_a_two_task_job_is_one_slurm_job_with_a_gpu_per_task(
         replicas=2,
         resources={"gpus": gpus},
     )
-    tasks = await start(executor, p)
+    tasks = await executor.start(p)
     assert {t.handle["slurm_job_id"] for t in tasks} == {tasks[0].handle["slurm_job_id"]}
     lines = []
     for task in tasks:
@@ -163,8 +118,8 @@ async def test_a_job_waiting_for_room_reports_slurms_pending_reason(
     )  # fmt: skip
     try:
         wait_for(lambda: slurm("squeue", "-h", "-j", filler, "-o", "%T") == "RUNNING", 30)
-        (task,) = await start(executor, placement(entrypoint="echo ran"))
-        (dropped,) = await start(executor, placement(entrypoint="echo never"))
+        (task,) = await executor.start(placement(entrypoint="echo ran"))
+        (dropped,) = await executor.start(placement(entrypoint="echo never"))
         report = await wait_report(executor, task.handle, until={TaskState.PENDING}, timeout=10)
         slurm_id = task.handle["slurm_job_id"]
         assert report.message == f"Slurm job {slurm_id} is pending (Resources)"
@@ -180,9 +135,27 @@ async def test_a_job_waiting_for_room_reports_slurms_pending_reason(
     assert executor.read_log(task.handle, 0, 100) == b"ran\n"
 
 
+async def test_a_cancel_slurm_refuses_is_asked_again(executor: SlurmExecutor) -> None:
+    (task,) = await executor.start(placement(entrypoint="echo ready; sleep 300"))
+    wait_for(lambda: executor.read_log(task.handle, 0, 100) == b"ready\n", timeout=30)
+    run, refused = executor._tools.run, []
+
+    async def busy_slurmctld(tool: str, args: Sequence[str], **kw: Any) -> Result:
+        if tool == "scancel" and len(refused) < 2:
+            refused.append(list(args))
+            return Result(1, "", "scancel: error: Socket timed out on send/recv operation")
+        return await run(tool, args, **kw)
+
+    executor._tools.run = busy_slurmctld  # type: ignore[method-assign]
+    await executor.stop(task.handle, grace=0)
+    report = await wait_report(executor, task.handle)
+    assert (report.state, report.exit_code) == (TaskState.EXITED, 128 + 15)
+    assert refused == [[task.handle["slurm_job_id"]]] * 2
+
+
 async def test_a_shell_command_is_an_srun_step_of_the_job(executor: SlurmExecutor) -> None:
     p = placement(entrypoint="echo ready; sleep 300")
-    (task,) = await start(executor, p)
+    (task,) = await executor.start(p)
     wait_for(lambda: executor.read_log(task.handle, 0, 100) == b"ready\n", timeout=30)
     await executor.poll([task.handle])
     shell = executor.shell_command(p, 0, task.handle, 'echo "job=$SLURM_JOB_ID/$SLURM_STEP_ID"')
