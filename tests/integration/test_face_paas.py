@@ -14,7 +14,8 @@ from jobyard.api.paas.mapping import state_log
 from jobyard.api.paas.schemas import parse_envs
 from jobyard.config import EnvironmentSpec, GpuSpec
 from jobyard.errors import InvalidInput
-from jobyard.model import Job, JobSpec, JobState, StateLogEntry
+from jobyard.model import Job, JobState, StateLogEntry
+from tests.factories import make_job
 from tests.helpers import LiveServer, make_settings, running_server, wait_for
 
 IMAGE_ID = 633839
@@ -473,24 +474,10 @@ def test_envs_split_on_semicolons_and_keep_equals_in_values() -> None:
 
 def _job(*states: JobState, stop_requested: bool = False) -> Job:
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    return Job(
-        id=7,
-        display_id="abcdef",
-        submission_id="s",
-        name="n",
-        owner="o",
-        queue="default",
-        pool="local",
-        priority=0,
-        labels={},
-        spec=JobSpec(entrypoint="true"),
-        state=states[-1],
-        created_at=at,
-        updated_at=at,
-        stop_requested_at=at if stop_requested else None,
-        state_log=[
-            StateLogEntry(id=10 + n, state=state, timestamp=at) for n, state in enumerate(states)
-        ],
+    log = [StateLogEntry(id=10 + n, state=state, timestamp=at) for n, state in enumerate(states)]
+    stopped = at if stop_requested else None
+    return make_job(7, state=states[-1]).model_copy(
+        update={"state_log": log, "stop_requested_at": stopped}
     )
 
 

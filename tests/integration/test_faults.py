@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.factories import new_job
 from tests.helpers import LiveServer, make_settings, running_server, wait_for
 from tests.integration.server_process import ServerProcess
 
@@ -146,15 +147,11 @@ def test_a_job_stuck_in_starting_ends_failed_with_a_reason(home: Path) -> None:
         long_ago = time.time() - 60
 
         def stuck(conn: Any) -> int:
-            new = q.NewJob(
+            new = new_job(
                 owner="admin",
                 submission_id="stuck",
-                request_hash="-",
                 name="stuck",
-                queue="default",
                 pool="local",
-                priority=0,
-                labels={},
                 spec=JobSpec(entrypoint="true"),
             )
             job_id = q.insert_job(conn, new, long_ago)

@@ -16,6 +16,7 @@ from jobyard.model import Job, JobSpec, JobState, Placement, Resources, TaskStat
 from jobyard.scheduler.reconciler import Reconciler
 from jobyard.store import jobs as q
 from jobyard.store.db import Database, migrate
+from tests.factories import new_job
 
 
 class ScriptedExecutor(Executor):
@@ -108,17 +109,8 @@ async def world(
 
 
 async def submit(db: Database, owner: str, clock: Clock, **spec: Any) -> int:
-    new = q.NewJob(
-        owner=owner,
-        submission_id=f"s-{next(_SEQUENCE)}",
-        request_hash="h",
-        name="t",
-        queue="default",
-        pool="local",
-        priority=0,
-        labels={},
-        spec=JobSpec(**{"entrypoint": "true", **spec}),
-    )
+    spec_ = JobSpec(**{"entrypoint": "true", **spec})
+    new = new_job(owner=owner, submission_id=f"s-{next(_SEQUENCE)}", pool="local", spec=spec_)
     job = await db.write(lambda c: q.insert_new_job(c, new, clock.now))
     return job.id
 

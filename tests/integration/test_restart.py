@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.factories import new_job
 from tests.helpers import make_settings, running_server
 
 
@@ -62,15 +63,11 @@ def test_jobs_caught_mid_start_by_a_crash_are_requeued_or_failed(home: Path) -> 
     def crashed_mid_start(conn):  # type: ignore[no-untyped-def]
         ids = []
         for target in (JobState.SCHEDULED, JobState.STARTING):
-            new = q.NewJob(
+            new = new_job(
                 owner="admin",
                 submission_id=f"crash-{target}",
-                request_hash="-",
                 name="crash",
-                queue="default",
                 pool="local",
-                priority=0,
-                labels={},
                 spec=JobSpec(entrypoint="true"),
             )
             job_id = q.insert_job(conn, new, time.time())

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ from jobyard.store.db import Database, make_engines, migrate
 from jobyard.store.jobs import (
     JobFilter,
     JobPage,
-    NewJob,
     TaskUpdate,
     Transition,
     delete_job,
@@ -64,6 +62,7 @@ from jobyard.store.jobs import (
 )
 from jobyard.store.tables import Base, EventRow, JobLabelRow, JobRow, StateLogRow, TaskRow
 from jobyard.store.users import add_token, ensure_user, has_admin, user_for_token
+from tests.factories import new_job
 
 NOW = 1_700_000_000.5  # exactly representable: timestamps round-trip without rounding noise
 
@@ -103,30 +102,6 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
         yield database
     finally:
         database.close()
-
-
-def new_job(
-    *,
-    owner: str = "alice",
-    submission_id: str | None = None,
-    name: str = "train",
-    queue: str = "default",
-    pool: str = "default",
-    priority: int = 0,
-    labels: dict[str, str] | None = None,
-    spec: JobSpec | None = None,
-) -> NewJob:
-    return NewJob(
-        owner=owner,
-        submission_id=submission_id or f"sub-{uuid.uuid4().hex}",
-        request_hash=hashlib.sha256(name.encode()).hexdigest(),
-        name=name,
-        queue=queue,
-        pool=pool,
-        priority=priority,
-        labels=labels or {},
-        spec=spec or JobSpec(entrypoint="echo hello"),
-    )
 
 
 async def add(db: Database, now: float = NOW, **kwargs: Any) -> int:
