@@ -287,6 +287,26 @@ def test_package_upload_then_working_dir(ray: httpx.Client) -> None:
     assert logs == "hi\nhi\n"
 
 
+def test_py_modules_are_importable_from_anywhere(ray: httpx.Client, tmp_path: Path) -> None:
+    name = "_ray_pkg_00000000000000c3.zip"
+    uploaded = zip_bytes({"shared_util/__init__.py": "WORD = 'uploaded'\n"})
+    assert ray.put(f"/api/packages/gcs/{name}", content=uploaded).status_code == 200
+    local = tmp_path / "local_mod.zip"
+    local.write_bytes(zip_bytes({"local_mod.py": "WORD = 'local'\n"}))
+    modules = [f"gcs://{name}", f"file://{local}"]
+    entrypoint = (
+        f"cd / && {PY} -c 'import shared_util, local_mod; print(shared_util.WORD, local_mod.WORD)'"
+    )
+    sid = submit(ray, entrypoint, runtime_env={"py_modules": modules})
+    job = wait_status(ray, sid, "SUCCEEDED", "FAILED")
+    logs = ray.get(f"/api/jobs/{sid}/logs").json()["logs"]
+    assert (job["status"], logs) == ("SUCCEEDED", "uploaded local\n")
+    bad = ray.post(
+        "/api/jobs/", json={"entrypoint": "true", "runtime_env": {"py_modules": ["s3://b/m.zip"]}}
+    )
+    assert bad.status_code == 400 and "runtime_env.py_modules.0" in bad.text, bad.text
+
+
 def test_packages_are_per_user(server: LiveServer, ray: httpx.Client) -> None:
     name = "_ray_pkg_00000000000000b2.zip"
     assert ray.put(f"/api/packages/gcs/{name}", content=zip_bytes({"a": "1"})).status_code == 200
