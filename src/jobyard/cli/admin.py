@@ -11,12 +11,9 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from jobyard.cli import render
 from jobyard.cli.session import open_client
-from jobyard.client import Token, UserInfo
 
 user_app = typer.Typer(no_args_is_help=True, help="Manage users (admins only).")
 token_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")
@@ -42,47 +39,6 @@ def parse_expiry(text: str) -> tuple[float | None, datetime | None]:
     return None, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _users_table(users: list[UserInfo]) -> Table:
-    table = _table("NAME", "ADMIN", "TOKENS", "CREATED")
-    for user in users:
-        table.add_row(
-            Text(user.name),
-            "yes" if user.admin else "",
-            str(user.tokens),
-            render.when(user.created_at),
-        )
-    return table
-
-
-def _token_state(token: Token) -> str:
-    if token.revoked_at is not None:
-        return "revoked"
-    if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
-        return "expired"
-    return "active"
-
-
-def _tokens_table(tokens: list[Token]) -> Table:
-    table = _table("ID", "USER", "NAME", "STATE", "CREATED", "EXPIRES")
-    for token in tokens:
-        table.add_row(
-            str(token.id),
-            Text(token.user),
-            Text(token.name),
-            _token_state(token),
-            render.when(token.created_at),
-            render.when(token.expires_at),
-        )
-    return table
-
-
 # ---- users ------------------------------------------------------------------------------------
 
 
@@ -105,7 +61,7 @@ def list_users(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         render.show_json([user.model_dump(mode="json") for user in users])
     else:
-        render.show(_users_table(users))
+        render.show(render.users_table(users))
 
 
 @user_app.command("remove")
@@ -149,7 +105,7 @@ def list_tokens(
     if as_json:
         render.show_json([token.model_dump(mode="json") for token in tokens])
     else:
-        render.show(_tokens_table(tokens))
+        render.show(render.tokens_table(tokens))
 
 
 @token_app.command("revoke")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobyard.client import Event, Job, JobState, Task
-from jobyard.client.models import Pool, Queue
+from jobyard.client.models import Pool, Queue, Token, UserInfo
 
 _STATE_STYLES = {
     JobState.QUEUED: "yellow",
@@ -99,6 +99,40 @@ def _gpus_by_model(pool: Pool) -> str:
         counts[0] += gpu.in_use
         counts[1] += 1
     return ", ".join(f"{used}/{total} {model}" for model, (used, total) in models.items())
+
+
+def users_table(users: list[UserInfo]) -> Table:
+    table = _table("NAME", "ADMIN", "TOKENS", "CREATED")
+    for user in users:
+        table.add_row(
+            Text(user.name),
+            "yes" if user.admin else "",
+            str(user.tokens),
+            when(user.created_at),
+        )
+    return table
+
+
+def _token_state(token: Token) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def tokens_table(tokens: list[Token]) -> Table:
+    table = _table("ID", "USER", "NAME", "STATE", "CREATED", "EXPIRES")
+    for token in tokens:
+        table.add_row(
+            str(token.id),
+            Text(token.user),
+            Text(token.name),
+            _token_state(token),
+            when(token.created_at),
+            when(token.expires_at),
+        )
+    return table
 
 
 def pools_table(pools: Iterable[Pool]) -> Table:
