@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobyard.config import SlurmSettings
+from tests.helpers import wait_for
 
 
 def _find_conf() -> str | None:
@@ -80,3 +81,17 @@ def holding_the_cluster(tmp_path: Path, *, exclusive: bool = False) -> Iterator[
         if mine:
             slurm("scancel", *mine)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def node_filled(cpus: int) -> Iterator[str]:
+    """An exclusive job holding all `cpus` of the node, running; cancelled on the way out."""
+    filler = slurm(
+        "sbatch", "--parsable", "--exclusive", f"--ntasks={cpus}", "-o", "/dev/null",
+        "--wrap=sleep 300",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: slurm("squeue", "-h", "-j", filler, "-o", "%T") == "RUNNING", 30)
+        yield filler
+    finally:
+        slurm("scancel", filler)

@@ -24,6 +24,7 @@ from tests.helpers import make_settings, running_server, wait_for
 from tests.integration.slurm_support import (
     SKIP_REASON,
     holding_the_cluster,
+    node_filled,
     slurm,
     slurm_settings,
 )
@@ -112,12 +113,7 @@ async def test_a_job_waiting_for_room_reports_slurms_pending_reason(
     executor: SlurmExecutor,
 ) -> None:
     cpus = int(executor.capacity().cpus)
-    filler = slurm(
-        "sbatch", "--parsable", "--exclusive", f"--ntasks={cpus}", "-o", "/dev/null",
-        "--wrap=sleep 300",
-    )  # fmt: skip
-    try:
-        wait_for(lambda: slurm("squeue", "-h", "-j", filler, "-o", "%T") == "RUNNING", 30)
+    with node_filled(cpus):
         (task,) = await executor.start(placement(entrypoint="echo ran"))
         (dropped,) = await executor.start(placement(entrypoint="echo never"))
         report = await wait_report(executor, task.handle, until={TaskState.PENDING}, timeout=10)
@@ -128,8 +124,6 @@ async def test_a_job_waiting_for_room_reports_slurms_pending_reason(
         report = await wait_report(executor, dropped.handle, timeout=10)
         assert (report.state, report.exit_code) == (TaskState.EXITED, 128 + 15)
         assert executor.read_log(dropped.handle, 0, 100) == b""
-    finally:
-        slurm("scancel", filler)
     report = await wait_report(executor, task.handle)
     assert (report.exit_code, executor.pending_reason(task.handle)) == (0, None)
     assert executor.read_log(task.handle, 0, 100) == b"ran\n"
@@ -233,12 +227,7 @@ def test_stop_and_follow_through_the_api(home: Path) -> None:
 def test_a_job_slurm_keeps_waiting_is_starting_with_slurms_pending_reason(home: Path) -> None:
     with running_server(slurm_server_settings(home)) as server, server.client() as http:
         cpus = int(server.runtime.executor.capacity().cpus)
-        filler = slurm(
-            "sbatch", "--parsable", "--exclusive", f"--ntasks={cpus}", "-o", "/dev/null",
-            "--wrap=sleep 300",
-        )  # fmt: skip
-        try:
-            wait_for(lambda: slurm("squeue", "-h", "-j", filler, "-o", "%T") == "RUNNING", 30)
+        with node_filled(cpus):
             job = http.post("/api/v1/jobs", json={"entrypoint": "echo ran"}).json()
 
             def waiting() -> dict[str, Any] | None:
@@ -252,8 +241,6 @@ def test_a_job_slurm_keeps_waiting_is_starting_with_slurms_pending_reason(home: 
             assert any(
                 e["reason"] == "Pending" and "(Resources)" in e["message"] for e in events
             ), events
-        finally:
-            slurm("scancel", filler)
         done = server.wait_state(job["id"], "SUCCEEDED", "FAILED", timeout=60)
         assert (done["state"], done["pending_reason"], done["pending_message"]) == (
             "SUCCEEDED",
