@@ -37,6 +37,7 @@ from jobyard.executors.base import (
 )
 from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.local.gpus import discover_gpus
+from jobyard.executors.local.spawn import spawn_session
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
 
@@ -199,21 +200,15 @@ class LocalExecutor(Executor):
     def _spawn(
         self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, exit_path: Path
     ) -> int:
-        """posix_spawn the supervisor in a new session; output appended to the log file."""
+        """posix_spawn the supervisor in a new session (without holding the GIL: spawn.py);
+        output appended to the log file."""
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()  # a retried task: the earlier attempt's exit code is not this one's
-        actions = [
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, log_fd, 1),
-            (os.POSIX_SPAWN_DUP2, log_fd, 2),
-        ]
         supervisor = ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), str(cwd)]
         _no_inheritance()
         try:
-            pid = os.posix_spawn(
-                "/bin/sh", [*supervisor, *argv], env, file_actions=actions, setsid=True
-            )
+            pid = spawn_session("/bin/sh", [*supervisor, *argv], env, output_fd=log_fd)
         except OSError as exc:
             raise StartFailed(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
         finally:

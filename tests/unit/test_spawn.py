@@ -1,0 +1,59 @@
+"""The local executor's posix_spawn through ctypes (GIL released) behaves as os.posix_spawn:
+same child, same errors, and the same result through the os fallback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from jobyard.executors.local import spawn
+from jobyard.executors.local.spawn import spawn_session
+
+
+@pytest.fixture(params=["ctypes", "os"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == "ctypes" and spawn._LIBC is None:
+        pytest.skip("this C library has no posix_spawn with POSIX_SPAWN_SETSID")
+    if request.param == "os":
+        monkeypatch.setattr(spawn, "_LIBC", None)
+    yield request.param
+
+
+def _run(argv: list[str], env: dict[str, str]) -> tuple[int, str, int]:
+    """(pid, what the child wrote to stdout, its exit code)."""
+    read, write = os.pipe()
+    try:
+        pid = spawn_session("/bin/sh", argv, env, output_fd=write)
+    finally:
+        os.close(write)
+    with os.fdopen(read) as out:
+        text = out.read()
+    _, status = os.waitpid(pid, 0)
+    return pid, text, os.waitstatus_to_exitcode(status)
+
+
+def test_the_child_leads_a_new_session_with_exactly_the_given_env(way: str) -> None:
+    script = 'read -r _ _ _ _ pgid sid _ < /proc/$$/stat; echo "$pgid $sid $A $B|$HOME"; exit 7'
+    pid, text, code = _run(["sh", "-c", script], {"A": "one two", "B": "=x"})
+    assert code == 7
+    assert text == f"{pid} {pid} one two =x|\n"  # own group and session; no inherited HOME
+    assert os.getsid(0) != pid
+
+
+def test_stdin_is_empty_and_stderr_goes_with_stdout(way: str) -> None:
+    _, text, code = _run(["sh", "-c", "cat; echo err >&2; echo end"], {})
+    assert (text, code) == ("err\nend\n", 0)
+
+
+def test_a_missing_program_is_the_os_error_os_posix_spawn_raises(way: str) -> None:
+    with pytest.raises(FileNotFoundError):
+        spawn_session("/nonexistent/program", ["x"], {}, output_fd=2)
+
+
+def test_nul_in_an_argument_or_env_is_refused(way: str) -> None:
+    with pytest.raises(ValueError, match="null"):
+        spawn_session("/bin/true", ["true", "a\0b"], {}, output_fd=2)
+    with pytest.raises(ValueError, match="null"):
+        spawn_session("/bin/true", ["true"], {"K": "a\0b"}, output_fd=2)
