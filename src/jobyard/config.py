@@ -87,6 +87,10 @@ class SlurmSettings(BaseModel):
     command_timeout_seconds: Annotated[float, Field(gt=0)] = 15.0
     poll_min_interval_seconds: Annotated[float, Field(ge=0)] = 0.2
     max_concurrent_commands: Annotated[int, Field(ge=1, le=64)] = 4
+    # One-task jobs that start together with the same resources go to Slurm as one job array
+    # (one sbatch) of at most this many; 1: one sbatch per job. Keep it below the cluster's
+    # MaxArraySize (1001 by default).
+    max_array_size: Annotated[int, Field(ge=1, le=1000)] = 256
 
 
 class PoolSpec(BaseModel):

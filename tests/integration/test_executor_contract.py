@@ -233,6 +233,27 @@ async def test_poll_answers_for_many_tasks_in_their_order(executor: Executor) ->
     ]
 
 
+async def test_jobs_started_together_each_run_as_their_own(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """What a scheduler pass does: start several jobs at once (on Slurm, one job array)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    jobs = [
+        placement(entrypoint='echo "$JOBYARD_JOB_ID $X $PWD"; exit 3', env={"X": "a"}),
+        placement(entrypoint='echo "$JOBYARD_JOB_ID $X $PWD"', env={"X": "b b"}),
+        placement(entrypoint='echo "$JOBYARD_JOB_ID $X $PWD"; exit 4', working_dir=str(elsewhere)),
+    ]
+    started = await asyncio.gather(*(executor.start(p) for p in jobs))
+    outcomes = []
+    for (task,), job in zip(started, jobs, strict=True):
+        report = await wait_report(executor, task.handle)
+        job_id, *x, cwd = log_of(executor, task).rstrip("\n").split(" ")
+        assert cwd == (job.spec.working_dir or str(Path(cwd).parent / str(job.job_id)))
+        outcomes.append((report.exit_code, int(job_id) - job.job_id, " ".join(x)))
+    assert outcomes == [(3, 0, "a"), (0, 0, "b b"), (4, 0, "")]
+
+
 # ---- logs ------------------------------------------------------------------------------------
 
 

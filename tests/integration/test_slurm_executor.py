@@ -6,6 +6,7 @@ id, and the whole server on Slurm. The executor contract it shares with the loca
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -158,6 +159,43 @@ async def test_a_shell_command_is_an_srun_step_of_the_job(executor: SlurmExecuto
     output = run_in_pty(shell.argv, shell.env, shell.cwd)
     assert re.search(rf"job={slurm_id}/\d+", output), output  # a step inside the allocation
     await executor.stop(task.handle, grace=1)
+
+
+async def test_one_task_jobs_started_together_are_one_job_array(executor: SlurmExecutor) -> None:
+    jobs = [placement(entrypoint="echo ready; sleep 300") for _ in range(3)]
+    started = [task for (task,) in await asyncio.gather(*(executor.start(p) for p in jobs))]
+    ids = [task.handle["slurm_job_id"] for task in started]
+    array = ids[0].split("_")[0]
+    assert ids == [f"{array}_{i}" for i in range(3)]
+    for task in started:
+        wait_for(lambda t=task: executor.read_log(t.handle, 0, 100) == b"ready\n", timeout=30)
+    await executor.stop(started[1].handle, grace=1)  # one element: the others go on
+    assert (await wait_report(executor, started[1].handle)).exit_code == 128 + 15
+    reports = await executor.poll([started[0].handle, started[2].handle])
+    assert [r.state for r in reports] == [TaskState.RUNNING] * 2
+    # A shell is a step of the element's own allocation: srun knows it by its own job id.
+    own = slurm("squeue", "-h", "-r", "-j", ids[2], "-o", "%A")
+    shell = executor.shell_command(jobs[2], 0, started[2].handle, 'echo "job=$SLURM_JOB_ID"')
+    assert shell.argv[1] == f"--jobid={own}"
+    assert f"job={own}" in run_in_pty(shell.argv, shell.env, shell.cwd)
+    for task in started:
+        await executor.stop(task.handle, grace=0)
+
+
+async def test_max_array_size_splits_the_jobs_started_together(home: Path) -> None:
+    settings = make_settings(home, executor="slurm", slurm=slurm_settings(max_array_size=2))
+    executor = SlurmExecutor(settings)
+    try:
+        jobs = [placement(entrypoint=f"exit {i}") for i in range(3)]
+        started = [task for (task,) in await asyncio.gather(*(executor.start(p) for p in jobs))]
+        ids = [task.handle["slurm_job_id"] for task in started]
+        assert ids[:2] == [f"{ids[0].split('_')[0]}_{i}" for i in range(2)]
+        assert ids[2].isdigit()  # the one left over goes alone, named after its job
+        assert started[2].handle["name"] == f"jobyard-{jobs[2].job_id}-{jobs[2].display_id}"
+        codes = [(await wait_report(executor, task.handle)).exit_code for task in started]
+        assert codes == [0, 1, 2]
+    finally:
+        await executor.close()
 
 
 async def test_unknown_jobs_report_lost_with_a_message(

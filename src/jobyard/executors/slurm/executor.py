@@ -1,10 +1,12 @@
 """Jobs on an existing Slurm cluster, through its command-line tools.
 
 One jobyard job is one Slurm batch job (`sbatch --parsable`, script on stdin); its tasks are the
-job's Slurm tasks. Polling is one `squeue` for every live job per pass (rate-limited); a job's
-final exit code comes from the supervisor's `.exit` file, else from `scontrol show job` or
-`sacct`. Stop is `scancel --signal=TERM --full`, then Slurm's cancel after the grace period
-(which kills what is left after the cluster's KillWait).
+job's Slurm tasks. One-task jobs that start in the same pass with the same resources go in one
+sbatch, as the elements of a job array (`12_0`, `12_1`, ...; `max_array_size`). Polling is one
+`squeue` for every live job per pass (rate-limited); a job's final exit code comes from the
+supervisor's `.exit` file, else from `scontrol show job` or `sacct`. Stop is
+`scancel --signal=TERM --full`, then Slurm's cancel after the grace period (which kills what is
+left after the cluster's KillWait).
 A terminal is `srun --jobid <id> --overlap --pty` into the running allocation. Handles carry
 the Slurm job id, so a restarted server reattaches by polling; a job Slurm no longer knows
 (and that left no exit code) is LOST.
@@ -21,8 +23,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,7 +44,15 @@ from jobyard.executors.base import (
 from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.slurm import parse
 from jobyard.executors.slurm.commands import Result, Tools
-from jobyard.executors.slurm.script import build_submission, job_name, resource_args
+from jobyard.executors.slurm.script import (
+    ArrayMember,
+    Submission,
+    build_array_submission,
+    build_submission,
+    job_name,
+    resource_args,
+    single_launch,
+)
 from jobyard.model import JobSpec, Placement, TaskState
 
 log = logging.getLogger(__name__)
@@ -49,6 +61,17 @@ _CHECK_TTL = 60.0  # seconds a --test-only verdict for one resource shape is reu
 _CAPACITY_TTL = 60.0
 _CANCEL_ATTEMPTS = 5  # scancel tries before a stop gives up (with a warning)
 _SIGNALLED = {"CANCELLED": 128 + 15, "TIMEOUT": 128 + 15, "OUT_OF_MEMORY": 128 + 9}
+_SLURM_ID = re.compile(r"\d+(_\d+)?")  # a job, or an element of a job array
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    """A one-task job waiting for the sbatch it shares: where its (Slurm id, name) goes."""
+
+    placement: Placement
+    task_file: Path
+    member: ArrayMember
+    future: asyncio.Future[tuple[str, str]]
 
 
 class SlurmExecutor(Executor):
@@ -72,6 +95,8 @@ class SlurmExecutor(Executor):
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._stopped: set[str] = set()
         self._names: dict[str, str] = {}  # Slurm job id -> the job name jobyard gave it
+        self._gathering: dict[tuple[str, ...], list[_Gathered]] = {}  # by resource options
+        self._submitting: set[asyncio.Task[None]] = set()
 
     # ---- capacity and refusals ----------------------------------------------------------------
 
@@ -163,23 +188,10 @@ class SlurmExecutor(Executor):
             files, cwd = self._prepare(placement)
         except OSError as exc:
             raise StartFailed(f"cannot prepare job {placement.job_id}: {exc}") from exc
-        name = job_name(placement.job_id, placement.display_id)
-        submission = build_submission(
-            name=name,
-            spec=placement.spec,
-            argv=placement.spec.argv(),
-            env=self._job_env(placement),
-            cwd=cwd,
-            task_files=files,
-            resources=self._resources(placement.spec),
-            srun=self._tools.path("srun"),
-            scontrol=self._tools.path("scontrol"),
-            master_port=placement.master_port,
-        )
-        result = await self._tools.run("sbatch", submission.args, stdin=submission.script)
-        slurm_id = result.stdout.strip().split(";")[0]
-        if not result.ok or not slurm_id.isdigit():
-            raise StartFailed(f"sbatch refused {name}: {result.error}")
+        if placement.spec.replicas == 1 and self._slurm.max_array_size > 1:
+            slurm_id, name = await self._submit_together(placement, files[0], cwd)
+        else:
+            slurm_id, name = await self._submit_alone(placement, files, cwd)
         return [
             StartedTask(
                 index=task.index,
@@ -199,6 +211,90 @@ class SlurmExecutor(Executor):
             )
             for task, path in zip(placement.tasks, files, strict=True)
         ]
+
+    async def _submit_alone(
+        self, placement: Placement, files: list[Path], cwd: Path
+    ) -> tuple[str, str]:
+        """One sbatch for the job: (Slurm job id, job name)."""
+        name = job_name(placement.job_id, placement.display_id)
+        submission = build_submission(
+            name=name,
+            spec=placement.spec,
+            argv=placement.spec.argv(),
+            env=self._job_env(placement),
+            cwd=cwd,
+            task_files=files,
+            resources=self._resources(placement.spec),
+            srun=self._tools.path("srun"),
+            scontrol=self._tools.path("scontrol"),
+            master_port=placement.master_port,
+        )
+        return await self._sbatch(submission, name), name
+
+    async def _sbatch(self, submission: Submission, name: str) -> str:
+        result = await self._tools.run("sbatch", submission.args, stdin=submission.script)
+        slurm_id = result.stdout.strip().split(";")[0]
+        if not result.ok or not slurm_id.isdigit():
+            raise StartFailed(f"sbatch refused {name}: {result.error}")
+        return slurm_id
+
+    # One-task jobs started in the same pass with the same resources share one sbatch: a job
+    # array whose element i runs the i-th of them. sbatch costs slurmctld and this machine
+    # about as much for 200 elements as for one job; the reconciler starts a pass's jobs at
+    # once, so they gather here until the loop next runs, then go in one call per shape.
+
+    async def _submit_together(
+        self, placement: Placement, task_file: Path, cwd: Path
+    ) -> tuple[str, str]:
+        """(Slurm id: `<array id>_<index>`, or the job's own id if it went alone; job name)."""
+        member = ArrayMember(
+            launch=single_launch(
+                argv=placement.spec.argv(), env=self._job_env(placement), task_file=task_file
+            ),
+            cwd=cwd,
+            log=Path(f"{task_file}.log"),
+        )
+        loop = asyncio.get_running_loop()
+        waiting = _Gathered(placement, task_file, member, loop.create_future())
+        if not self._gathering:
+            loop.call_soon(self._submit_gathered)
+        self._gathering.setdefault(tuple(self._resources(placement.spec)), []).append(waiting)
+        return await waiting.future
+
+    def _submit_gathered(self) -> None:
+        gathered, self._gathering = self._gathering, {}
+        for shape, entries in gathered.items():
+            for at in range(0, len(entries), self._slurm.max_array_size):
+                group = entries[at : at + self._slurm.max_array_size]
+                task = asyncio.create_task(self._submit_group(list(shape), group))
+                self._submitting.add(task)
+                task.add_done_callback(self._submitting.discard)
+
+    async def _submit_group(self, resources: list[str], group: list[_Gathered]) -> None:
+        try:
+            if len(group) == 1:
+                (alone,) = group
+                files = [alone.task_file]
+                outcomes = [await self._submit_alone(alone.placement, files, alone.member.cwd)]
+            else:
+                first = group[0].placement
+                name = f"jobyard-array-{first.job_id}-{first.display_id}"
+                submission = build_array_submission(
+                    name=name,
+                    members=[waiting.member for waiting in group],
+                    resources=resources,
+                    chdir=self._logs_dir,  # each arm enters its own job's cwd
+                )
+                array_id = await self._sbatch(submission, name)
+                outcomes = [(f"{array_id}_{i}", name) for i in range(len(group))]
+        except Exception as exc:  # StartFailed, or the tools failing: every job of the group
+            for waiting in group:
+                if not waiting.future.done():
+                    waiting.future.set_exception(exc)
+            return
+        for waiting, outcome in zip(group, outcomes, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result(outcome)
 
     def _prepare(self, placement: Placement) -> tuple[list[Path], Path]:
         tasks = placement.tasks
@@ -255,7 +351,9 @@ class SlurmExecutor(Executor):
         if fresh and all(i in self._seen for i in ids):
             return
         result = await self._tools.run(
-            "squeue", ["-h", "-t", "all", "-j", ",".join(ids), "-o", parse.SQUEUE_FORMAT]
+            # -r: an array's pending elements one per line (not folded into 12_[3-9])
+            "squeue",
+            ["-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", parse.SQUEUE_FORMAT],
         )
         if not result.ok and "Invalid job id" not in result.stderr:
             if not result.unreachable:
@@ -342,7 +440,9 @@ class SlurmExecutor(Executor):
 
     async def stop(self, handle: Handle, grace: float) -> None:
         slurm_id = str(handle.get("slurm_job_id", ""))
-        if not slurm_id.isdigit() or slurm_id in self._stopping or slurm_id in self._stopped:
+        if not _SLURM_ID.fullmatch(slurm_id) or slurm_id in self._stopping:
+            return
+        if slurm_id in self._stopped:
             return
         if slurm_id in self._finals:
             return
@@ -397,10 +497,14 @@ class SlurmExecutor(Executor):
         report = self._report(handle)
         if report.state is not TaskState.RUNNING:
             raise Conflict(f"the task is not running in Slurm ({report.state.value})", field="task")
+        seen = self._seen.get(slurm_id)
+        own_id = seen.own_id if seen is not None and seen.own_id else slurm_id
+        if not own_id.isdigit():  # an array element srun cannot name: its own id is not known
+            raise Conflict(f"Slurm has not told the job id of {slurm_id} yet", field="task")
         cwd = str(handle.get("cwd") or "/")
         argv = [
             self._tools.path("srun"),
-            f"--jobid={slurm_id}",
+            f"--jobid={own_id}",
             "--overlap",
             "--pty",
             "--nodes=1",

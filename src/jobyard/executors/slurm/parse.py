@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from jobyard.model.capacity import GpuInfo
 
-# squeue -o: a separator that never occurs in ids, states, reasons or node lists.
-SQUEUE_FORMAT = "%i|%T|%r|%N|%j"
+# squeue -o: a separator that never occurs in ids, states, reasons or node lists. %i is the id
+# jobyard holds (12, or 12_3 for an array's element); %A the element's own job id (srun wants it).
+SQUEUE_FORMAT = "%i|%T|%r|%N|%A|%j"
 
 # Slurm job states (squeue %T) by what they mean for jobyard's task.
 WAITING = frozenset(
@@ -40,6 +41,7 @@ class SlurmJob:
     reason: str
     nodes: str
     name: str = ""
+    own_id: str = ""  # an array element's own job id (for srun --jobid); a job's is its id
 
     @property
     def base_state(self) -> str:
@@ -50,11 +52,10 @@ class SlurmJob:
 def parse_squeue(text: str) -> dict[str, SlurmJob]:
     jobs = {}
     for line in text.splitlines():
-        parts = line.strip().split("|", 4)
-        if len(parts) >= 4 and parts[0]:
-            name = parts[4] if len(parts) == 5 else ""
-            job = SlurmJob(parts[0], parts[1], parts[2], parts[3], name)
-            jobs[job.job_id] = job
+        parts = line.strip().split("|", 5)
+        if len(parts) == 6 and parts[0]:
+            job_id, state, reason, nodes, own_id, name = parts
+            jobs[job_id] = SlurmJob(job_id, state, reason, nodes, name, own_id or job_id)
     return jobs
 
 

@@ -1,11 +1,13 @@
 """What jobyard hands to sbatch: the options (resources, partition, limits) and the batch script.
 
-One jobyard job is one Slurm batch job. A single task runs in the batch step itself; a
-multi-worker job runs its tasks with one `srun` inside the allocation. Each task runs under a
-small /bin/sh supervisor (as on the local executor) that records the node it runs on and
-writes the task's exit code to `<task>.exit` next to its log, so exit codes survive Slurm
-forgetting the job (MinJobAge) and a jobyard restart. Logs and exit files are written by the
-compute nodes: on a multi-node cluster the data directory must be on a shared filesystem.
+One jobyard job is one Slurm batch job, or one element of a job array that carries several
+one-task jobs with the same resources (each in its own arm of the script). A single task runs in
+the batch step itself; a multi-worker job runs its tasks with one `srun` inside the allocation.
+Each task runs under a small /bin/sh supervisor (as on the local executor) that records the
+node it runs on and writes the task's exit code to `<task>.exit` next to its log, so exit codes
+survive Slurm forgetting the job (MinJobAge) and a jobyard restart. Logs and exit files are
+written by the compute nodes: on a multi-node cluster the data directory must be on a shared
+filesystem.
 """
 
 from __future__ import annotations
@@ -112,8 +114,6 @@ def build_submission(
 ) -> Submission:
     """`task_files` are the per-task path prefixes (<dir>/<task name>); logs are <prefix>.log."""
     first = task_files[0]
-    settings_env = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-    quoted_argv = " ".join(shlex.quote(a) for a in argv)
     common = [
         "--parsable",
         f"--job-name={name}",
@@ -122,10 +122,7 @@ def build_submission(
         "--open-mode=append",
     ]
     if spec.replicas == 1:
-        launch = (
-            f"exec /usr/bin/env -- {settings_env} /bin/sh -c {shlex.quote(_SINGLE)} jobyard-task "
-            f"{shlex.quote(str(first) + '.exit')} {shlex.quote(str(first) + '.node')} {quoted_argv}"
-        )
+        launch = single_launch(argv=argv, env=env, task_file=first)
         output = f"{first}.log"
         header = ""
     else:
@@ -136,6 +133,8 @@ def build_submission(
         if spec.resources.gpus > 0:
             step.append(f"--gpus-per-task={spec.resources.gpus}")
         port = str(master_port) if master_port else "$((20000 + SLURM_JOB_ID % 20000))"
+        settings_env = _env_words(env)
+        quoted_argv = " ".join(shlex.quote(a) for a in argv)
         header = (
             f'MASTER_ADDR=$({shlex.quote(scontrol)} show hostnames "$SLURM_JOB_NODELIST" '
             "2>/dev/null | head -n 1)\n"
@@ -149,3 +148,57 @@ def build_submission(
         output = f"{prefix}batch.log"
     script = f"#!/bin/sh\n# jobyard: {name}\n{header}{launch}\n"
     return Submission([*common, f"--output={output}", *resources], script)
+
+
+def _env_words(env: Mapping[str, str]) -> str:
+    return " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+
+
+def single_launch(*, argv: Sequence[str], env: Mapping[str, str], task_file: Path) -> str:
+    """The line that runs a one-task job under its supervisor (`task_file` is its path prefix)."""
+    return (
+        f"exec /usr/bin/env -- {_env_words(env)} /bin/sh -c {shlex.quote(_SINGLE)} jobyard-task "
+        f"{shlex.quote(str(task_file) + '.exit')} {shlex.quote(str(task_file) + '.node')} "
+        + " ".join(shlex.quote(a) for a in argv)
+    )
+
+
+@dataclass(frozen=True)
+class ArrayMember:
+    """One one-task job of a job array: what single_launch gave, its cwd and its log."""
+
+    launch: str
+    cwd: Path
+    log: Path
+
+    def branch(self, index: int) -> str:
+        """Its arm of the array script's `case`: output to its own log, its own cwd."""
+        cwd = shlex.quote(str(self.cwd))
+        return (
+            f"{index}) exec >>{shlex.quote(str(self.log))} 2>&1\n"
+            f'  cd {cwd} || {{ echo "jobyard: cannot enter "{cwd} >&2; exit 1; }}\n'
+            f"  {self.launch} ;;\n"
+        )
+
+
+def build_array_submission(
+    *, name: str, members: Sequence[ArrayMember], resources: list[str], chdir: Path
+) -> Submission:
+    """One-task jobs with the same resources as one Slurm job array (one sbatch for all):
+    element i runs members[i], with its own log, cwd and environment. Slurm's own notices for
+    an element (a time limit, say) go nowhere: each job's log is the one its arm opens."""
+    arms = "".join(member.branch(i) for i, member in enumerate(members))
+    script = (
+        f"#!/bin/sh\n# jobyard: {name}, {len(members)} jobs, one per array index\n"
+        f'case "$SLURM_ARRAY_TASK_ID" in\n{arms}'
+        '*) echo "jobyard: no job for array index $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;\nesac\n'
+    )
+    args = [
+        "--parsable",
+        f"--job-name={name}",
+        f"--array=0-{len(members) - 1}",
+        f"--chdir={chdir}",
+        "--export=ALL",
+        "--output=/dev/null",
+    ]
+    return Submission([*args, *resources], script)
