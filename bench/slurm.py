@@ -7,7 +7,9 @@ Where each job falls in that loop swamps the difference, so the latency jobyard 
 where the two paths part: POST -> sbatch done (as the server recorded it) minus sbatch's call.
 Throughput: N trivial jobs handed to Slurm, by `sbatch` (sequential, and 4 at a time as the
 executor runs them) and through jobyard (8 concurrent clients; until every job has its Slurm
-id, i.e. each runs, has ended, or waits in Slurm's queue). Skipped, with a row saying why,
+id, i.e. each runs, has ended, or waits in Slurm's queue). jobyard hands the one-task jobs a
+scheduler pass starts together to one sbatch as a job array; a last row measures it with one
+sbatch per job (max_array_size=1). Skipped, with a row saying why,
 without a cluster (`.ci/slurm-setup.sh` starts one).
 """
 
@@ -261,7 +263,8 @@ def _throughput(server: Server, conf: str | None, total: int, *, held: bool) -> 
             through,
             "jobs/s",
             f"{note}, 8 clients; first POST -> all handed to sbatch (API accepted "
-            f"{accepted:.0f}/s); the executor runs 4 sbatch at a time",
+            f"{accepted:.0f}/s); the executor runs 4 sbatch at a time, and the one-task "
+            "jobs a pass starts together go as one job array",
         ),
     ]
     if not held:  # Slurm starts and runs jobs meanwhile: a diagnostic beside the figure
@@ -298,4 +301,11 @@ def slurm(options: Options) -> list[Result]:
         results += _throughput(server, conf, total, held=False)
     held = {**settings, "slurm__sbatch_args": '["--hold"]'}
     with options.server("slurm-held", **held) as server:
-        return results + _throughput(server, conf, total, held=True)
+        results += _throughput(server, conf, total, held=True)
+    # Without job arrays (max_array_size=1): what one sbatch per job costs, for comparison.
+    with options.server("slurm-held-alone", **held, slurm__max_array_size="1") as server:
+        alone, _ = asyncio.run(_jobyard_rate(server, total, held=True))
+        _wait_slurm_idle(conf)
+    note = f"{total} `true` jobs, held; max_array_size=1: one sbatch per job, no job arrays"
+    alone_row = "jobyard submits/s onto Slurm, held, one sbatch per job"
+    return [*results, info("slurm", alone_row, alone, "jobs/s", note)]
