@@ -198,6 +198,25 @@ async def test_max_array_size_splits_the_jobs_started_together(home: Path) -> No
         await executor.close()
 
 
+async def test_an_array_slurm_refuses_goes_job_by_job(executor: SlurmExecutor) -> None:
+    """A cluster whose MaxArraySize is below the group: each job still gets its own sbatch."""
+    run, refused = executor._tools.run, []
+
+    async def small_max_array_size(tool: str, args: Sequence[str], **kw: Any) -> Result:
+        if tool == "sbatch" and any(a.startswith("--array=") for a in args):
+            refused.append(tool)
+            error = "sbatch: error: Batch job submission failed: Invalid job array specification"
+            return Result(1, "", error)
+        return await run(tool, args, **kw)
+
+    executor._tools.run = small_max_array_size  # type: ignore[method-assign]
+    jobs = [placement(entrypoint=f"exit {i}") for i in range(2)]
+    started = [task for (task,) in await asyncio.gather(*(executor.start(p) for p in jobs))]
+    assert refused == ["sbatch"]
+    assert all(task.handle["slurm_job_id"].isdigit() for task in started)
+    assert [(await wait_report(executor, t.handle)).exit_code for t in started] == [0, 1]
+
+
 async def test_unknown_jobs_report_lost_with_a_message(
     executor: SlurmExecutor, tmp_path: Path
 ) -> None:

@@ -271,30 +271,47 @@ class SlurmExecutor(Executor):
                 task.add_done_callback(self._submitting.discard)
 
     async def _submit_group(self, resources: list[str], group: list[_Gathered]) -> None:
-        try:
-            if len(group) == 1:
-                (alone,) = group
-                files = [alone.task_file]
-                outcomes = [await self._submit_alone(alone.placement, files, alone.member.cwd)]
-            else:
-                first = group[0].placement
-                name = f"jobyard-array-{first.job_id}-{first.display_id}"
-                submission = build_array_submission(
-                    name=name,
-                    members=[waiting.member for waiting in group],
-                    resources=resources,
-                    chdir=self._logs_dir,  # each arm enters its own job's cwd
-                )
-                array_id = await self._sbatch(submission, name)
-                outcomes = [(f"{array_id}_{i}", name) for i in range(len(group))]
-        except Exception as exc:  # StartFailed, or the tools failing: every job of the group
-            for waiting in group:
-                if not waiting.future.done():
-                    waiting.future.set_exception(exc)
+        if len(group) == 1:
+            await self._submit_waiting_alone(group[0])
             return
-        for waiting, outcome in zip(group, outcomes, strict=True):
-            if not waiting.future.done():
-                waiting.future.set_result(outcome)
+        first = group[0].placement
+        name = f"jobyard-array-{first.job_id}-{first.display_id}"
+        submission = build_array_submission(
+            name=name,
+            members=[waiting.member for waiting in group],
+            resources=resources,
+            chdir=self._logs_dir,  # each arm enters its own job's cwd
+        )
+        try:
+            result = await self._tools.run("sbatch", submission.args, stdin=submission.script)
+        except Exception as exc:
+            _settle(group, exc)
+            return
+        array_id = result.stdout.strip().split(";")[0]
+        if result.ok and array_id.isdigit():
+            for i, waiting in enumerate(group):
+                if not waiting.future.done():
+                    waiting.future.set_result((f"{array_id}_{i}", name))
+        elif result.unreachable:
+            _settle(group, StartFailed(f"sbatch refused {name}: {result.error}"))
+        else:  # refused as a whole (over the cluster's MaxArraySize, say): each its own answer
+            log.warning(
+                "sbatch refused the job array %s (%s); submitting its %d jobs one by one",
+                name,
+                result.error,
+                len(group),
+            )
+            await asyncio.gather(*(self._submit_waiting_alone(waiting) for waiting in group))
+
+    async def _submit_waiting_alone(self, waiting: _Gathered) -> None:
+        files = [waiting.task_file]
+        try:
+            outcome = await self._submit_alone(waiting.placement, files, waiting.member.cwd)
+        except Exception as exc:
+            _settle([waiting], exc)
+            return
+        if not waiting.future.done():
+            waiting.future.set_result(outcome)
 
     def _prepare(self, placement: Placement) -> tuple[list[Path], Path]:
         tasks = placement.tasks
@@ -539,6 +556,12 @@ class SlurmExecutor(Executor):
         for task in self._stopping.values():
             task.cancel()
         self._tools.close()
+
+
+def _settle(group: list[_Gathered], exc: BaseException) -> None:
+    for waiting in group:
+        if not waiting.future.done():
+            waiting.future.set_exception(exc)
 
 
 def _ended(state: str, code: int | None) -> TaskReport:
