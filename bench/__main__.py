@@ -1,4 +1,5 @@
-"""python -m bench [scenario ...] [--quick] [--profile [--gil]] [--no-wrk] [--json PATH]
+"""python -m bench [scenario ...] [--quick] [--repeat N] [--profile [--gil]] [--no-wrk]
+                   [--json PATH]
 
 Benchmarks a real jobyard server (a subprocess on a free loopback port, a fresh temp home per
 scenario). Scenarios: submit (throughput), latency (submit -> RUNNING / SUCCEEDED), drain,
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench.profile import render, summarize
-from bench.report import Machine, Result, show, write
+from bench.report import Machine, Result, median_of, show, write
 from bench.scenarios import SCENARIOS, Options
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,8 +40,18 @@ def _arguments() -> argparse.Namespace:
         help="profile as --profile, sampling only the thread holding the GIL",
     )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each scenario N times and report each figure's median and range\n"
+        "(throughput on a small shared machine varies from run to run)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="%(default)s")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         parser.error(
@@ -54,7 +65,7 @@ def _run(names: list[str], options: Options) -> list[Result]:
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
-        results += SCENARIOS[name](options)
+        results += median_of([SCENARIOS[name](options) for _ in range(options.repeat)])
         print(f"  {name} took {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         profile = options.profile(name)
         if profile is not None and profile.exists():
@@ -72,12 +83,19 @@ def main() -> None:
         profiles=RESULTS / "profiles" if args.profile or args.gil else None,
         gil_only=args.gil,
         wrk=not args.no_wrk,
+        repeat=args.repeat,
     )
     machine = Machine()
     results = _run(names, options)
     machine.finish()
     show(results)
-    settings = {"scenarios": names, "quick": args.quick, "profile": args.profile, "gil": args.gil}
+    settings = {
+        "scenarios": names,
+        "quick": args.quick,
+        "profile": args.profile,
+        "gil": args.gil,
+        "repeat": args.repeat,
+    }
     write(results, machine, args.json, settings)
     print(f"results written to {args.json}")
 

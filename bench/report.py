@@ -7,8 +7,9 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,36 @@ def at_most(
 
 def info(scenario: str, metric: str, value: float, unit: str, note: str = "") -> Result:
     return Result(scenario, metric, round(value, 2), unit, note=note)
+
+
+def median_of(runs: list[list[Result]]) -> list[Result]:
+    """One row per metric of repeated runs of a scenario: the median, checked against the
+    target again, with the range of the runs in front of the first run's note."""
+    rows: dict[tuple[str, str], list[Result]] = {}
+    for run in runs:
+        for result in run:
+            rows.setdefault((result.scenario, result.metric), []).append(result)
+    combined = []
+    for results in rows.values():
+        first = results[0]
+        if len(results) == 1:
+            combined.append(first)
+            continue
+        values = sorted(r.value for r in results)
+        value = round(statistics.median(values), 2)
+        spread = f"median of {len(values)} runs ({values[0]:g} to {values[-1]:g})"
+        note = f"{spread}; {first.note}" if first.note else spread
+        combined.append(replace(first, value=value, ok=_meets(first, value), note=note))
+    return combined
+
+
+def _meets(result: Result, value: float) -> bool | None:
+    kind, _, goal = result.target.partition(" ")
+    if kind == ">=":
+        return value >= float(goal)
+    if kind == "<=":
+        return value <= float(goal)
+    return result.ok
 
 
 def percentile(values: list[float], fraction: float) -> float:

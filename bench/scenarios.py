@@ -40,6 +40,7 @@ class Options:
     profiles: Path | None = None  # a directory for py-spy profiles of the server, or None
     gil_only: bool = False  # profile only the thread holding the GIL
     wrk: bool = True  # cross-check submit throughput with wrk, where installed
+    repeat: int = 1  # runs of each scenario; the report gives each figure's median
 
     def profile(self, scenario: str) -> Path | None:
         return None if self.profiles is None else self.profiles / f"{scenario}.txt"
