@@ -233,8 +233,8 @@ class SlurmExecutor(Executor):
 
     async def _sbatch(self, submission: Submission, name: str) -> str:
         result = await self._tools.run("sbatch", submission.args, stdin=submission.script)
-        slurm_id = result.stdout.strip().split(";")[0]
-        if not result.ok or not slurm_id.isdigit():
+        slurm_id = _submitted_id(result)
+        if slurm_id is None:
             raise StartFailed(f"sbatch refused {name}: {result.error}")
         return slurm_id
 
@@ -287,8 +287,8 @@ class SlurmExecutor(Executor):
         except Exception as exc:
             _settle(group, exc)
             return
-        array_id = result.stdout.strip().split(";")[0]
-        if result.ok and array_id.isdigit():
+        array_id = _submitted_id(result)
+        if array_id is not None:
             for i, waiting in enumerate(group):
                 if not waiting.future.done():
                     waiting.future.set_result((f"{array_id}_{i}", name))
@@ -457,11 +457,9 @@ class SlurmExecutor(Executor):
 
     async def stop(self, handle: Handle, grace: float) -> None:
         slurm_id = str(handle.get("slurm_job_id", ""))
-        if not _SLURM_ID.fullmatch(slurm_id) or slurm_id in self._stopping:
+        if not _SLURM_ID.fullmatch(slurm_id):
             return
-        if slurm_id in self._stopped:
-            return
-        if slurm_id in self._finals:
+        if slurm_id in self._stopping or slurm_id in self._stopped or slurm_id in self._finals:
             return
         self._stopping[slurm_id] = asyncio.create_task(self._stop_job(slurm_id, grace))
 
@@ -556,6 +554,12 @@ class SlurmExecutor(Executor):
         for task in self._stopping.values():
             task.cancel()
         self._tools.close()
+
+
+def _submitted_id(result: Result) -> str | None:
+    """The job id `sbatch --parsable` printed (`<id>` or `<id>;<cluster>`), if it took the job."""
+    slurm_id = result.stdout.strip().split(";")[0]
+    return slurm_id if result.ok and slurm_id.isdigit() else None
 
 
 def _settle(group: list[_Gathered], exc: BaseException) -> None:
