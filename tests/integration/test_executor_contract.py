@@ -193,6 +193,12 @@ async def test_every_worker_of_a_multi_worker_job_gets_its_rank(executor: Execut
         assert int(line[6]) * int(line[7]) == 2
 
 
+async def test_a_pipeline_ends_quietly_when_its_reader_leaves(executor: Executor) -> None:
+    """SIGPIPE at its default in the task, as in a login shell (the server ignores it)."""
+    report, log = await run_to_end(executor, entrypoint="yes | head -n 1")
+    assert (report.exit_code, log) == (0, "y\n")
+
+
 async def test_cwd_is_working_dir_or_a_per_job_directory(
     executor: Executor, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ same child, same errors, and the same result through the os fallback."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -40,6 +41,20 @@ def test_the_child_leads_a_new_session_with_exactly_the_given_env(way: str) -> N
     assert code == 7
     assert text == f"{pid} {pid} one two =x|\n"  # own group and session; no inherited HOME
     assert os.getsid(0) != pid
+
+
+def test_signals_start_at_their_defaults_and_unblocked(way: str) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; the child must not inherit that (nor any mask)."""
+    assert signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN  # the parent's, as in the server
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        _, text, _ = _run(["sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/$$/status"], {})
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in text.splitlines()}
+    standard = (1 << 31) - 1  # signals 1-31
+    assert masks["SigIgn"] & standard == 0
+    assert masks["SigBlk"] & standard == 0
 
 
 def test_stdin_is_empty_and_stderr_goes_with_stdout(way: str) -> None:

@@ -7,21 +7,31 @@ store's writer) waits with it: profiles of 8 clients submitting `true` jobs show
 thread holding the GIL for a quarter of the wall time. ctypes releases the GIL around a foreign
 call, so the same libc function called through it lets the rest of the server run meanwhile.
 
-Where ctypes finds no posix_spawn in the C library, `os.posix_spawn` is used as before. The
-session flag (POSIX_SPAWN_SETSID) is the one os.posix_spawn(setsid=True) sets: glibc 2.26+, musl.
+The child starts with every standard signal at its default disposition and none blocked, as
+a process started from a login shell would. Python ignores SIGPIPE and SIGXFSZ, and ignored
+signals survive exec (subprocess undoes that with restore_signals): without this, `yes | head`
+in a job would complain of a broken pipe instead of ending quietly.
+
+Where ctypes finds no posix_spawn in the C library, `os.posix_spawn` is used, with the same
+attributes. The flag values are glibc's and musl's (os.posix_spawn sets the same ones).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Opaque C types, allocated generously: glibc's posix_spawnattr_t is 336 bytes on x86-64 and
-# its posix_spawn_file_actions_t 80.
+# Opaque C types, allocated generously: glibc's posix_spawnattr_t is 336 bytes on x86-64, its
+# posix_spawn_file_actions_t 80 and its sigset_t 128.
 _OPAQUE_BYTES = 1024
-_SETSID = 0x80  # POSIX_SPAWN_SETSID in glibc and musl
+_SETSIGDEF, _SETSIGMASK, _SETSID = 0x04, 0x08, 0x80  # POSIX_SPAWN_* in glibc and musl
+# The standard signals a process can catch or ignore: all reset to their defaults in the child.
+DEFAULT_SIGNALS = sorted(
+    s for s in signal.valid_signals() if s < 32 and s not in (signal.SIGKILL, signal.SIGSTOP)
+)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -38,6 +48,10 @@ def _load() -> ctypes.CDLL | None:
             libc.posix_spawn_file_actions_addopen,
             libc.posix_spawn_file_actions_adddup2,
             libc.posix_spawn_file_actions_destroy,
+            libc.posix_spawnattr_setsigdefault,
+            libc.posix_spawnattr_setsigmask,
+            libc.sigemptyset,
+            libc.sigaddset,
         )
     except (OSError, AttributeError):
         return None
@@ -51,6 +65,10 @@ def _load() -> ctypes.CDLL | None:
         [pointer, number, text, number, ctypes.c_uint],
         [pointer, number, number],
         [pointer],
+        [pointer, pointer],
+        [pointer, pointer],
+        [pointer],
+        [pointer, number],
     )
     for function, types in zip(functions, argtypes, strict=True):
         function.argtypes = types
@@ -77,15 +95,30 @@ def spawn_session(path: str, argv: list[str], env: Mapping[str, str], *, output_
             (os.POSIX_SPAWN_DUP2, output_fd, 1),
             (os.POSIX_SPAWN_DUP2, output_fd, 2),
         ]
-        return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True)
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=DEFAULT_SIGNALS,
+            setsigmask=(),
+        )
     libc = _LIBC
     argv_c = _strings([os.fsencode(a) for a in argv])
     env_c = _strings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
     attr = ctypes.create_string_buffer(_OPAQUE_BYTES)
     actions_c = ctypes.create_string_buffer(_OPAQUE_BYTES)
+    defaults, no_mask = (ctypes.create_string_buffer(_OPAQUE_BYTES) for _ in range(2))
+    _check(libc.sigemptyset(defaults), errno=True)
+    _check(libc.sigemptyset(no_mask), errno=True)
+    for number in DEFAULT_SIGNALS:
+        _check(libc.sigaddset(defaults, number), errno=True)
     _check(libc.posix_spawnattr_init(attr))
     try:
-        _check(libc.posix_spawnattr_setflags(attr, _SETSID))
+        _check(libc.posix_spawnattr_setflags(attr, _SETSID | _SETSIGDEF | _SETSIGMASK))
+        _check(libc.posix_spawnattr_setsigdefault(attr, defaults))
+        _check(libc.posix_spawnattr_setsigmask(attr, no_mask))
         _check(libc.posix_spawn_file_actions_init(actions_c))
         try:
             devnull = os.fsencode(os.devnull)
@@ -106,7 +139,9 @@ def spawn_session(path: str, argv: list[str], env: Mapping[str, str], *, output_
         libc.posix_spawnattr_destroy(attr)
 
 
-def _check(code: int) -> None:
-    """posix_spawn and its helpers return an errno value (0 for success)."""
+def _check(code: int, *, errno: bool = False) -> None:
+    """posix_spawn and its helpers return an errno value (0 for success); the sigset functions
+    return -1 and set errno."""
     if code != 0:
-        raise OSError(code, os.strerror(code))
+        number = ctypes.get_errno() if errno else code
+        raise OSError(number, os.strerror(number))
