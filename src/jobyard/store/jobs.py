@@ -683,17 +683,21 @@ def new_job_to_job(new: NewJob, job_id: int, display_id: str, now: float, log_id
     )
 
 
+def fresh_task_fields() -> dict[str, Any]:
+    """A task's fields before its first start, and again before a retry: what a start fills
+    in, empty (a new dict each call: `gpus` is a list)."""
+    return {
+        "state": TaskState.PENDING,
+        "node": None,
+        "pid": None,
+        "gpus": [],
+        "exit_code": None,
+        "started_at": None,
+        "finished_at": None,
+        "handle": None,
+    }
+
+
 def _new_task(index: int, name: str) -> Task:
     # Every field given: model_construct inspects a default_factory's signature on each call.
-    return Task.model_construct(
-        index=index,
-        name=name,
-        state=TaskState.PENDING,
-        node=None,
-        pid=None,
-        gpus=[],
-        exit_code=None,
-        started_at=None,
-        finished_at=None,
-        handle=None,
-    )
+    return Task.model_construct(index=index, name=name, **fresh_task_fields())

@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
 
 from jobyard.model import EventType, JobState, PendingReason, TerminationReason
-from jobyard.store.jobs import Transition, transition_many
+from jobyard.store.jobs import Transition, fresh_task_fields, transition_many
 from jobyard.store.tables import EventRow, JobAttemptRow, JobRow, TaskRow
 
 _JOBS = cast(Table, JobRow.__table__)
@@ -162,16 +162,7 @@ def requeue_for_retry(conn: Connection, retries: Sequence[Retry], now: float) ->
     conn.execute(
         update(_TASKS)
         .where(_TASKS.c.job_id.in_([r.job_id for r in done]))
-        .values(
-            state="PENDING",
-            node=None,
-            pid=None,
-            gpus=[],
-            exit_code=None,
-            started_at=None,
-            finished_at=None,
-            handle=None,
-        )
+        .values(**fresh_task_fields())
     )
     return [r.job_id for r in done]
 
