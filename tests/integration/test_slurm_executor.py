@@ -182,6 +182,21 @@ async def test_one_task_jobs_started_together_are_one_job_array(executor: SlurmE
         await executor.stop(task.handle, grace=0)
 
 
+@pytest.mark.exclusive_cluster
+async def test_array_elements_waiting_for_room_each_report_slurms_reason(
+    executor: SlurmExecutor,
+) -> None:
+    """Each element of a pending array has its own state and reason, then runs in turn."""
+    with node_filled(int(executor.capacity().cpus)):
+        jobs = [placement(entrypoint=f"exit {i}") for i in range(2)]
+        started = [task for (task,) in await asyncio.gather(*(executor.start(p) for p in jobs))]
+        for task in started:
+            report = await wait_report(executor, task.handle, until={TaskState.PENDING})
+            assert report.message.endswith("is pending (Resources)"), report.message
+    codes = [(await wait_report(executor, task.handle)).exit_code for task in started]
+    assert codes == [0, 1]
+
+
 async def test_max_array_size_splits_the_jobs_started_together(home: Path) -> None:
     settings = make_settings(home, executor="slurm", slurm=slurm_settings(max_array_size=2))
     executor = SlurmExecutor(settings)

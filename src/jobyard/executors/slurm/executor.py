@@ -368,7 +368,8 @@ class SlurmExecutor(Executor):
         if fresh and all(i in self._seen for i in ids):
             return
         result = await self._tools.run(
-            # -r: an array's pending elements one per line (not folded into 12_[3-9])
+            # -r: array elements one per line, never folded into 12_[3-9] (elements asked for
+            # by their own id are listed one by one either way)
             "squeue",
             ["-h", "-r", "-t", "all", "-j", ",".join(ids), "-o", parse.SQUEUE_FORMAT],
         )
