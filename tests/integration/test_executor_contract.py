@@ -171,6 +171,22 @@ async def test_environment_has_spec_env_and_jobyard_variables(executor: Executor
     assert leaked == []  # the server's own settings (tokens, database URLs) never reach a job
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_the_job_keeps_its_own_values_of_names_a_supervisor_might_use(
+    executor: Executor, replicas: int
+) -> None:
+    """The supervisors are shell scripts, and a shell exports every variable it was started
+    with: one assigning its own `x` or `rc` would hand the task that value instead of the job's."""
+    names = ["x", "n", "t", "p", "i", "v", "rc", "k"]
+    env = {name: f"job-{name}" for name in names}
+    entrypoint = "echo " + " ".join(f'"${name}"' for name in names)
+    p = placement(entrypoint=entrypoint, env=env, replicas=replicas)
+    tasks = await executor.start(p)
+    for task in tasks:
+        assert (await wait_report(executor, task.handle)).exit_code == 0
+        assert log_of(executor, task).split() == [f"job-{name}" for name in names]
+
+
 async def test_every_worker_of_a_multi_worker_job_gets_its_rank(executor: Executor) -> None:
     p = placement(
         entrypoint='echo "$RANK $WORLD_SIZE $MASTER_ADDR:$MASTER_PORT $JOBYARD_TASK_NAME '

@@ -47,10 +47,11 @@ log = logging.getLogger(__name__)
 # supervisor alive through SIGTERM/SIGINT/SIGHUP sent to the group; the task itself gets the
 # default dispositions back on exec. The supervisor's own stderr is /dev/null and the task's is
 # the log (fd 3), redirected inside the subshell: so dash's "Terminated" notice about a killed
-# task never lands in the task's log.
+# task never lands in the task's log. It sets no shell variable: the task inherits the
+# supervisor's environment, where a job's own `x` or `rc` must keep the job's value.
 _SUPERVISOR = (
-    'x=$1; cd "$2" || exit 126; shift 2; trap : TERM INT HUP; exec 3>&2 2>/dev/null; '
-    '(exec "$@" 2>&3 3>&-); rc=$?; printf "%s\\n" "$rc" > "$x"; exit "$rc"'
+    'cd "$2" || exit 126; trap : TERM INT HUP; exec 3>&2 2>/dev/null; '
+    '(shift 2; exec "$@" 2>&3 3>&-); set -- "$1" "$?"; printf "%s\\n" "$2" > "$1"; exit "$2"'
 )
 
 

@@ -29,27 +29,32 @@ from jobyard.model import JobSpec
 # supervisor's stderr is /dev/null and the task's is the log; stdin is passed on (fd 4).
 _RUN = (
     "trap : TERM INT HUP; exec 3>&2 2>/dev/null 4<&0; "
-    'if command -v setsid >/dev/null; then setsid -w "$@" <&4 2>&3 3>&- 4<&- & t=$!; '
-    'else "$@" <&4 2>&3 3>&- 4<&- & t=$!; fi; '
-    'while :; do wait "$t"; rc=$?; kill -0 "$t" 2>/dev/null || break; done; '
+    'if command -v setsid >/dev/null; then setsid -w "$@" <&4 2>&3 3>&- 4<&- & _jobyard_t=$!; '
+    'else "$@" <&4 2>&3 3>&- 4<&- & _jobyard_t=$!; fi; '
+    'while :; do wait "$_jobyard_t"; _jobyard_rc=$?; '
+    'kill -0 "$_jobyard_t" 2>/dev/null || break; done; '
 )
-_REAP = 'kill -KILL -"$t" 2>/dev/null; exit "$rc"'
+_REAP = 'kill -KILL -"$_jobyard_t" 2>/dev/null; exit "$_jobyard_rc"'
+# The supervisors' own shell variables are named _jobyard_*: a shell exports every variable it
+# was given in its environment, so a plain `x=...` would change a job's own $x under the task.
 # $1 the exit file, $2 the node file, the rest the task's argv.
 _SINGLE = (
-    'x=$1; n=$2; shift 2; printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$n"; '
-    f'{_RUN}printf "%s\\n" "$rc" > "$x"; {_REAP}'
+    "_jobyard_x=$1; _jobyard_n=$2; shift 2; "
+    'printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$_jobyard_n"; '
+    f'{_RUN}printf "%s\\n" "$_jobyard_rc" > "$_jobyard_x"; {_REAP}'
 )
 # $1 the path prefix of the task files (<dir>/<display_id>-worker-), the rest the argv.
 # Ranks come from Slurm's own variables, under the names the local executor uses.
 _MULTI = (
-    "p=$1; shift; i=$SLURM_PROCID; n=${SLURM_JOB_NUM_NODES:-1}; "
-    "export RANK=$i WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID "
-    "NNODES=$n NPROC_PER_NODE=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / n))} "
-    'JOBYARD_TASK_INDEX=$i JOBYARD_TASK_NAME="${p##*/}$i"; '
-    "for v in MASTER_ADDR MASTER_PORT WORLD_SIZE RANK NODE_RANK LOCAL_RANK NNODES NPROC_PER_NODE; "
-    'do eval "export JOBYARD_$v=\\"\\$$v\\""; done; '
-    'printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$p$i.node"; '
-    f'{_RUN}printf "%s\\n" "$rc" > "$p$i.exit"; {_REAP}'
+    "_jobyard_p=$1; shift; _jobyard_i=$SLURM_PROCID; _jobyard_n=${SLURM_JOB_NUM_NODES:-1}; "
+    "export RANK=$_jobyard_i WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
+    "NODE_RANK=$SLURM_NODEID NNODES=$_jobyard_n "
+    "NPROC_PER_NODE=${SLURM_NTASKS_PER_NODE:-$((SLURM_NTASKS / _jobyard_n))} "
+    'JOBYARD_TASK_INDEX=$_jobyard_i JOBYARD_TASK_NAME="${_jobyard_p##*/}$_jobyard_i"; '
+    "for _jobyard_v in MASTER_ADDR MASTER_PORT WORLD_SIZE RANK NODE_RANK LOCAL_RANK NNODES "
+    'NPROC_PER_NODE; do eval "export JOBYARD_$_jobyard_v=\\"\\$$_jobyard_v\\""; done; '
+    'printf "%s\\n" "${SLURMD_NODENAME:-$(hostname)}" > "$_jobyard_p$_jobyard_i.node"; '
+    f'{_RUN}printf "%s\\n" "$_jobyard_rc" > "$_jobyard_p$_jobyard_i.exit"; {_REAP}'
 )
 
 
