@@ -13,10 +13,14 @@ from jobyard.executors.local import spawn
 from jobyard.executors.local.spawn import spawn_session
 
 
-@pytest.fixture(params=["ctypes", "os"])
+@pytest.fixture(params=["ctypes", "ctypes without closefrom", "os"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "ctypes" and spawn._LIBC is None:
+    if request.param.startswith("ctypes") and spawn._LIBC is None:
         pytest.skip("this C library has no posix_spawn with POSIX_SPAWN_SETSID")
+    if request.param == "ctypes" and spawn._ADDCLOSEFROM is None:
+        pytest.skip("this C library has no posix_spawn_file_actions_addclosefrom_np")
+    if request.param == "ctypes without closefrom":
+        monkeypatch.setattr(spawn, "_ADDCLOSEFROM", None)
     if request.param == "os":
         monkeypatch.setattr(spawn, "_LIBC", None)
     yield request.param
@@ -72,3 +76,15 @@ def test_nul_in_an_argument_or_env_is_refused(way: str) -> None:
         spawn_session("/bin/true", ["true", "a\0b"], {}, output_fd=2)
     with pytest.raises(ValueError, match="null"):
         spawn_session("/bin/true", ["true"], {"K": "a\0b"}, output_fd=2)
+
+
+def test_no_descriptor_above_stderr_reaches_the_child(way: str) -> None:
+    """Not even one the server left inheritable (as a C library may)."""
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        _, text, code = _run(["sh", "-c", "ls /proc/$$/fd"], {"PATH": os.defpath})
+    finally:
+        os.close(leaked)
+    assert code == 0
+    assert sorted(int(fd) for fd in text.split()) == [0, 1, 2]

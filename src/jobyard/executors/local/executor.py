@@ -187,7 +187,7 @@ class LocalExecutor(Executor):
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path, exit_path = log_dir / f"{task.name}.log", log_dir / f"{task.name}.exit"
         with contextlib.suppress(FileNotFoundError):
-            exit_path.unlink()
+            exit_path.unlink()  # a retried task: the earlier attempt's exit code is not this one's
         pid = self._spawn(argv, env, cwd, log_path, exit_path)
         handle = {
             "pid": pid,
@@ -204,10 +204,7 @@ class LocalExecutor(Executor):
         """posix_spawn the supervisor in a new session (without holding the GIL: spawn.py);
         output appended to the log file."""
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        with contextlib.suppress(FileNotFoundError):
-            exit_path.unlink()  # a retried task: the earlier attempt's exit code is not this one's
         supervisor = ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), str(cwd)]
-        _no_inheritance()
         try:
             pid = spawn_session("/bin/sh", [*supervisor, *argv], env, output_fd=log_fd)
         except OSError as exc:
@@ -330,19 +327,6 @@ class LocalExecutor(Executor):
         finally:
             self._stopping.pop(pid, None)
             self.wakeup()
-
-
-def _no_inheritance() -> None:
-    """Mark every descriptor above stderr close-on-exec, so no job inherits the server's files,
-    sockets or pipes: Python's own are, but C libraries (OpenSSL, libuv) may open some without."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return
-    for fd in fds:
-        if fd > 2:
-            with contextlib.suppress(OSError):
-                os.set_inheritable(fd, False)
 
 
 def _check_program(program: str, path: str, cwd: Path) -> None:

@@ -12,12 +12,19 @@ a process started from a login shell would. Python ignores SIGPIPE and SIGXFSZ, 
 signals survive exec (subprocess undoes that with restore_signals): without this, `yes | head`
 in a job would complain of a broken pipe instead of ending quietly.
 
+No descriptor above stderr reaches the child: the C library closes them all in the child
+(posix_spawn_file_actions_addclosefrom_np, glibc 2.34 and later: one close_range call), so the
+server's sockets, database and pidfds stay its own whatever C libraries opened them without
+O_CLOEXEC. Where that action is missing, every descriptor of the server above stderr is marked
+close-on-exec before the spawn instead (a scan of /proc/self/fd: two fcntl calls a descriptor).
+
 Where ctypes finds no posix_spawn in the C library, `os.posix_spawn` is used, with the same
 attributes. The flag values are glibc's and musl's (os.posix_spawn sets the same ones).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -79,6 +86,30 @@ def _load() -> ctypes.CDLL | None:
 _LIBC = _load()
 
 
+def _load_closefrom(libc: ctypes.CDLL | None) -> Any:
+    function = getattr(libc, "posix_spawn_file_actions_addclosefrom_np", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        function.restype = ctypes.c_int
+    return function
+
+
+_ADDCLOSEFROM = _load_closefrom(_LIBC)
+
+
+def _close_on_exec_above_stderr() -> None:
+    """Mark every descriptor above stderr close-on-exec (Python's own already are; C libraries
+    such as OpenSSL or libuv may open some without)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
 def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     if any(b"\0" in item for item in items):  # C would cut it short there: refuse, as os does
         raise ValueError("embedded null byte")
@@ -87,8 +118,11 @@ def _strings(items: Sequence[bytes]) -> ctypes.Array[ctypes.c_char_p]:
 
 def spawn_session(path: str, argv: list[str], env: Mapping[str, str], *, output_fd: int) -> int:
     """posix_spawn `path` with `argv` and exactly `env`, as the leader of a new session, with
-    stdin from /dev/null and stdout and stderr on `output_fd`; the child's pid. Errors as
-    os.posix_spawn raises them (OSError; ValueError for a NUL in an argument)."""
+    stdin from /dev/null, stdout and stderr on `output_fd` and no other descriptor; the
+    child's pid. Errors as os.posix_spawn raises them (OSError; ValueError for a NUL in an
+    argument)."""
+    if _LIBC is None or _ADDCLOSEFROM is None:
+        _close_on_exec_above_stderr()
     if _LIBC is None:
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -125,6 +159,8 @@ def spawn_session(path: str, argv: list[str], env: Mapping[str, str], *, output_
             _check(libc.posix_spawn_file_actions_addopen(actions_c, 0, devnull, os.O_RDONLY, 0))
             _check(libc.posix_spawn_file_actions_adddup2(actions_c, output_fd, 1))
             _check(libc.posix_spawn_file_actions_adddup2(actions_c, output_fd, 2))
+            if _ADDCLOSEFROM is not None:
+                _check(_ADDCLOSEFROM(actions_c, 3))
             pid = ctypes.c_int()
             # The GIL is released for the length of this call (ctypes.CDLL does that).
             _check(
