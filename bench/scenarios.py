@@ -92,9 +92,10 @@ def _throughput_note(how: str, run: load.Load, cpu: str, unfinished: int | None 
 async def _python_load(server: Server, clients: int, seconds: float) -> tuple[load.Load, str, int]:
     before = server.cpu()
     run = await load.run_load(server.target, clients, seconds=seconds)
-    cpu = server.cpu().describe_since(before)
+    after = server.cpu()
     async with await Connection.open(server.target) as conn:
         unfinished = await count_jobs(conn, LIVE)
+    cpu = after.describe_since(before, submitted=run.requests, finished=run.requests - unfinished)
     return run, cpu, unfinished
 
 
@@ -250,7 +251,8 @@ async def _drain(server: Server, total: int) -> list[Result]:
         f"first submit -> last finished_at (polled every 250 ms); submitting took "
         f"{run.seconds:.1f} s "
         f"({run.rate:.0f}/s, {TARGET_CLIENTS} connections), the rest "
-        f"{elapsed - run.seconds:.1f} s; {after.describe_since(before)}"
+        f"{elapsed - run.seconds:.1f} s; "
+        f"{after.describe_since(before, submitted=total, finished=total)}"
     )
     return [
         at_least("drain", f"drain of {total} `true` jobs", total / elapsed, "jobs/s", 200, note)

@@ -47,14 +47,23 @@ class CpuSnapshot:
             time.monotonic(),
         )
 
-    def describe_since(self, before: CpuSnapshot) -> str:
+    def describe_since(self, before: CpuSnapshot, *, submitted: int = 0, finished: int = 0) -> str:
+        """Shares of a core since `before`; with counts, also CPU per job: the server's per job
+        `submitted`, its jobs' own processes' per job `finished` (reaped ones only count)."""
         wall = max(self.at - before.at, 1e-9)
-        return (
-            f"CPU: server {(self.server - before.server) / wall:.0%} of a core, "
-            f"its finished jobs {(self.jobs - before.jobs) / wall:.0%}, machine "
+        server, jobs = self.server - before.server, self.jobs - before.jobs
+        text = (
+            f"CPU: server {server / wall:.0%} of a core, "
+            f"its finished jobs {jobs / wall:.0%}, machine "
             f"{(self.machine - before.machine) / wall / (os.cpu_count() or 1):.0%} of "
             f"{os.cpu_count()} cores"
         )
+        if submitted > 0 and finished > 0:
+            text += (
+                f" (per job: server {server / submitted * 1000:.2f} ms, the job's own "
+                f"processes {jobs / finished * 1000:.2f} ms)"
+            )
+        return text
 
 
 @dataclass
