@@ -52,7 +52,10 @@ def test_signals_start_at_their_defaults_and_unblocked(way: str) -> None:
     assert signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN  # the parent's, as in the server
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
-        _, text, _ = _run(["sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/$$/status"], {})
+        # grep reads its own status after the exec: the shell's, read from a child of the
+        # shell, would race with dash blocking every signal around each fork it makes.
+        script = "exec grep -E '^Sig(Ign|Blk)' /proc/self/status"
+        _, text, _ = _run(["sh", "-c", script], {"PATH": os.defpath})
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     masks = {line.split(":")[0]: int(line.split()[1], 16) for line in text.splitlines()}
