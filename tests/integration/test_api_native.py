@@ -124,6 +124,7 @@ BAD_BODIES: list[tuple[Any, str | None]] = [
     ({"entrypoint": "true", "bogus": 1}, "bogus"),
     ({"entrypoint": "true", "env": {"A=B": "1"}}, "env"),
     ({"entrypoint": "true", "env": {"A\u0000": "1"}}, "env"),
+    ({"entrypoint": "true", "env": {"my.var": "1"}}, "env"),  # /bin/sh would drop it
     ({"entrypoint": "true", "env": {"A": 1}}, "env.A"),
     ({"entrypoint": "true", "resources": {"gpus": -1}}, "resources.gpus"),
     ({"entrypoint": "true", "resources": {"cpus": -0.5}}, "resources.cpus"),

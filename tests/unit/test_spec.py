@@ -36,6 +36,20 @@ def test_bad_env_is_refused(env: dict[str, str]) -> None:
     assert field_of(info.value) == "env"
 
 
+@pytest.mark.parametrize("key", ["my.var", "a-b", "1X", "caf\u00e9", "A B"])
+def test_env_keys_the_shell_would_drop_are_refused(key: str) -> None:
+    """dash, which starts every job, drops variables whose names are not shell names: the job
+    would never see them, so the submission says so instead."""
+    with pytest.raises(ValidationError, match="not a shell variable name") as info:
+        JobSpec(entrypoint="true", env={key: "1"})
+    assert field_of(info.value) == "env"
+
+
+def test_shell_names_are_accepted() -> None:
+    env = {"_": "1", "_X1": "2", "lower_case": "3", "CUDA_VISIBLE_DEVICES": "0"}
+    assert JobSpec(entrypoint="true", env=env).env == env
+
+
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(ValidationError) as info:
         JobSpec.model_validate({"entrypoint": "true", "entry_point": "x"})

@@ -18,6 +18,9 @@ MAX_ENV_VARS = 4096
 MAX_NAME_LENGTH = 256
 MAX_REPLICAS = 1024
 _ENV_KEY = re.compile(r"^[^=\x00]+$")
+# A job starts under /bin/sh (its supervisor, and `sh -c` for a string entrypoint), and dash
+# drops every variable whose name is not a shell name: such a key would never reach the job.
+_SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SUBMISSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _NAME = re.compile(rf"^[^\x00-\x1f]{{1,{MAX_NAME_LENGTH}}}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,126}[A-Za-z0-9])?$")
@@ -93,6 +96,12 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     for key, value in env.items():
         if not _ENV_KEY.match(key):
             raise ValueError(f"env key {key!r} must be non-empty and contain neither '=' nor NUL")
+        if not _SHELL_NAME.match(key):
+            raise ValueError(
+                f"env key {key!r} is not a shell variable name (ASCII letters, digits and _, "
+                "not starting with a digit): jobs start under /bin/sh, which drops such "
+                "variables, so the job would never see it"
+            )
         if "\x00" in value:
             raise ValueError(f"env value of {key!r} must not contain NUL")
         size += len(key) + len(value)
