@@ -36,7 +36,7 @@ def test_bad_env_is_refused(env: dict[str, str]) -> None:
     assert field_of(info.value) == "env"
 
 
-@pytest.mark.parametrize("key", ["my.var", "a-b", "1X", "caf\u00e9", "A B"])
+@pytest.mark.parametrize("key", ["my.var", "a-b", "1X", "caf\u00e9", "A B", "A\n"])
 def test_env_keys_the_shell_would_drop_are_refused(key: str) -> None:
     """dash, which starts every job, drops variables whose names are not shell names: the job
     would never see them, so the submission says so instead."""

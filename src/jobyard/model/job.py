@@ -17,10 +17,10 @@ MAX_ENV_BYTES = 256 * 1024
 MAX_ENV_VARS = 4096
 MAX_NAME_LENGTH = 256
 MAX_REPLICAS = 1024
-_ENV_KEY = re.compile(r"^[^=\x00]+$")
-# A job starts under /bin/sh (its supervisor, and `sh -c` for a string entrypoint), and dash
-# drops every variable whose name is not a shell name: such a key would never reach the job.
-_SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An env key must be a shell name: a job starts under /bin/sh (its supervisor, and `sh -c` for a
+# string entrypoint), and dash drops every other variable, so such a key would never reach it.
+# (This also keeps out '=', NUL and the empty key.)
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUBMISSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _NAME = re.compile(rf"^[^\x00-\x1f]{{1,{MAX_NAME_LENGTH}}}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,126}[A-Za-z0-9])?$")
@@ -94,9 +94,7 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
         raise ValueError(f"env has more than {MAX_ENV_VARS} variables")
     size = 0
     for key, value in env.items():
-        if not _ENV_KEY.match(key):
-            raise ValueError(f"env key {key!r} must be non-empty and contain neither '=' nor NUL")
-        if not _SHELL_NAME.match(key):
+        if not _ENV_KEY.fullmatch(key):
             raise ValueError(
                 f"env key {key!r} is not a shell variable name (ASCII letters, digits and _, "
                 "not starting with a digit): jobs start under /bin/sh, which drops such "
