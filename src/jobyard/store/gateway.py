@@ -85,10 +85,8 @@ def list_leases(conn: Connection, job_ids: Sequence[int] | None = None) -> list[
     ).join(JobRow, JobRow.id == GatewayPortRow.job_id)
     if job_ids is not None:
         query = query.where(GatewayPortRow.job_id.in_(list(job_ids)))
-    return [
-        Lease(*row[:-1], protocol=PortProtocol(row.protocol))
-        for row in conn.execute(query.order_by(GatewayPortRow.port))
-    ]
+    rows = conn.execute(query.order_by(GatewayPortRow.port))
+    return [Lease(**{**row._asdict(), "protocol": PortProtocol(row.protocol)}) for row in rows]
 
 
 # ---- public keys --------------------------------------------------------------------------------

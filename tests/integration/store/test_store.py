@@ -42,6 +42,7 @@ from jobyard.model import (
     TerminationReason,
     event_for,
 )
+from jobyard.service.access import LIVE_STATES
 from jobyard.store.db import Database, make_engines, migrate
 from jobyard.store.jobs import (
     JobFilter,
@@ -830,7 +831,7 @@ async def test_delete_job_removes_its_rows_and_nothing_else(db: Database) -> Non
     await db.write(partial(delete_job, job_id=gone))  # deleting twice is harmless
 
 
-LIVE = ["SCHEDULED", "STARTING", "RUNNING", "STOPPING"]
+LIVE = [state.value for state in LIVE_STATES]  # what the gateway's sweep asks with
 
 
 async def test_leases_of_ended_jobs_are_found_and_returned_and_only_those(db: Database) -> None:
