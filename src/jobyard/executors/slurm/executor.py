@@ -514,7 +514,7 @@ class SlurmExecutor(Executor):
         if report.state is not TaskState.RUNNING:
             raise Conflict(f"the task is not running in Slurm ({report.state.value})", field="task")
         seen = self._seen.get(slurm_id)
-        own_id = seen.own_id if seen is not None and seen.own_id else slurm_id
+        own_id = seen.own_id if seen is not None else slurm_id
         if not own_id.isdigit():  # an array element srun cannot name: its own id is not known
             raise Conflict(f"Slurm has not told the job id of {slurm_id} yet", field="task")
         cwd = str(handle.get("cwd") or "/")

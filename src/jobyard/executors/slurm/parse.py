@@ -40,8 +40,8 @@ class SlurmJob:
     state: str
     reason: str
     nodes: str
-    name: str = ""
-    own_id: str = ""  # an array element's own job id (for srun --jobid); a job's is its id
+    name: str
+    own_id: str  # an array element's own job id (for srun --jobid); a job's is its id
 
     @property
     def base_state(self) -> str:

@@ -119,13 +119,7 @@ def build_submission(
 ) -> Submission:
     """`task_files` are the per-task path prefixes (<dir>/<task name>); logs are <prefix>.log."""
     first = task_files[0]
-    common = [
-        "--parsable",
-        f"--job-name={name}",
-        f"--chdir={cwd}",
-        "--export=ALL",
-        "--open-mode=append",
-    ]
+    common = [*_sbatch_options(name, cwd), "--open-mode=append"]
     if spec.replicas == 1:
         launch = single_launch(argv=argv, env=env, task_file=first)
         output = f"{first}.log"
@@ -138,25 +132,33 @@ def build_submission(
         if spec.resources.gpus > 0:
             step.append(f"--gpus-per-task={spec.resources.gpus}")
         port = str(master_port) if master_port else "$((20000 + SLURM_JOB_ID % 20000))"
-        settings_env = _env_words(env)
-        quoted_argv = " ".join(shlex.quote(a) for a in argv)
         header = (
             f'MASTER_ADDR=$({shlex.quote(scontrol)} show hostnames "$SLURM_JOB_NODELIST" '
             "2>/dev/null | head -n 1)\n"
             f'export MASTER_ADDR="${{MASTER_ADDR:-$SLURMD_NODENAME}}" MASTER_PORT={port}\n'
         )
         launch = (
-            f"exec /usr/bin/env -- {settings_env} {shlex.quote(srun)} "
-            f"{' '.join(shlex.quote(s) for s in step)} /bin/sh -c {shlex.quote(_MULTI)} "
-            f"jobyard-task {shlex.quote(prefix)} {quoted_argv}"
+            f"exec /usr/bin/env -- {_env_words(env)} {shlex.quote(srun)} "
+            f"{_words(step)} /bin/sh -c {shlex.quote(_MULTI)} "
+            f"jobyard-task {shlex.quote(prefix)} {_words(argv)}"
         )
         output = f"{prefix}batch.log"
     script = f"#!/bin/sh\n# jobyard: {name}\n{header}{launch}\n"
     return Submission([*common, f"--output={output}", *resources], script)
 
 
+def _sbatch_options(name: str, chdir: Path) -> list[str]:
+    """What every sbatch of jobyard's says: print the id alone, the name, the directory, and
+    the submitting environment exported (the tasks' own variables come in the script)."""
+    return ["--parsable", f"--job-name={name}", f"--chdir={chdir}", "--export=ALL"]
+
+
+def _words(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def _env_words(env: Mapping[str, str]) -> str:
-    return " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    return _words([f"{k}={v}" for k, v in env.items()])
 
 
 def single_launch(*, argv: Sequence[str], env: Mapping[str, str], task_file: Path) -> str:
@@ -164,7 +166,7 @@ def single_launch(*, argv: Sequence[str], env: Mapping[str, str], task_file: Pat
     return (
         f"exec /usr/bin/env -- {_env_words(env)} /bin/sh -c {shlex.quote(_SINGLE)} jobyard-task "
         f"{shlex.quote(str(task_file) + '.exit')} {shlex.quote(str(task_file) + '.node')} "
-        + " ".join(shlex.quote(a) for a in argv)
+        + _words(argv)
     )
 
 
@@ -198,12 +200,5 @@ def build_array_submission(
         f'case "$SLURM_ARRAY_TASK_ID" in\n{arms}'
         '*) echo "jobyard: no job for array index $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;\nesac\n'
     )
-    args = [
-        "--parsable",
-        f"--job-name={name}",
-        f"--array=0-{len(members) - 1}",
-        f"--chdir={chdir}",
-        "--export=ALL",
-        "--output=/dev/null",
-    ]
+    args = [*_sbatch_options(name, chdir), f"--array=0-{len(members) - 1}", "--output=/dev/null"]
     return Submission([*args, *resources], script)
