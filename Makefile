@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run install install-test assets fmt lint typecheck contracts unit test test-fast bench clean
+.PHONY: run install install-test test-deps assets fmt lint typecheck contracts unit test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# Slurm, OpenSSH clients, Chromium, npm: installed where this user may, else one line each on
+# what skips and how to get it (JOBYARD_TEST_INSTALL=0: never install).
+test-deps:
+	@.ci/test-deps.sh
+
 run: install assets
 	$(BIN)/jobyard server
 
@@ -45,7 +50,7 @@ typecheck: install-test
 contracts: install-test
 	$(BIN)/lint-imports
 
-test: lint typecheck contracts assets
+test: test-deps lint typecheck contracts assets
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install-test
