@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from tests.helpers import LiveServer, make_settings, running_server, wait_for
 
 MISSING = "999999"
+DEADLINE = 60.0  # seconds; generous, for a loaded 2-core machine (waits end as soon as met)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class World:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"}
         return httpx.Client(base_url=base, headers=headers, timeout=30)
 
+    def story(self) -> str:
+        """The running job's state and events, for a failure message."""
+        with self.server.client() as admin:
+            job = admin.get(f"/api/v1/jobs/{self.running['id']}").json()
+            events = admin.get(f"/api/v1/jobs/{self.running['id']}/events").json()
+        return f"job {job['state']} ({job.get('termination_reason')}): {events}"
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
@@ -96,13 +104,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             tokens[name] = made.json()["token"]
         with server.client(tokens["alice"]) as alice:
             ports = [{"port": 8080, "protocol": "http"}, {"port": 2222, "protocol": "ssh"}]
-            body = {"entrypoint": "echo hi; sleep 120", "ports": ports}
+            # Runs until the fixture stops it: a fixed sleep ended mid-module on a loaded machine.
+            body = {"entrypoint": "echo hi; exec sleep 100000", "ports": ports}
             running = alice.post("/api/v1/jobs", json=body).json()
             finished = alice.post("/api/v1/jobs", json={"entrypoint": "echo done"}).json()
-        running = server.wait_state(running["id"], "RUNNING")
-        finished = server.wait_state(finished["id"], "SUCCEEDED")
+        running = server.wait_state(running["id"], "RUNNING", timeout=DEADLINE)
+        finished = server.wait_state(finished["id"], "SUCCEEDED", timeout=DEADLINE)
         yield World(server, tokens, running, finished)
         admin.post(f"/api/v1/jobs/{running['id']}/stop")
+        server.wait_state(running["id"], "STOPPED", timeout=DEADLINE)  # no sleep outlives it
 
 
 def _path(route: Route, job: dict[str, Any]) -> str:
@@ -160,7 +170,9 @@ def test_another_users_job_is_answered_as_missing(world: World, route: Route, wh
     if route.face != "ray":  # exactly the answer for a job that does not exist
         assert _shape(theirs) == _shape(nothing)
     # bob's attempts changed nothing
-    assert world.server.wait_state(job["id"], job["state"])["state"] == job["state"]
+    assert (
+        world.server.wait_state(job["id"], job["state"], timeout=DEADLINE)["state"] == job["state"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -171,7 +183,7 @@ def test_the_owner_and_admins_reach_every_route(world: World, route: Route, user
     job = world.running
     with world.http(user, route.face) as http:
         response = _send(http, route, _path(route, job))
-    assert _answered(route, response), (response.status_code, response.text[:300])
+    assert _answered(route, response), (response.status_code, response.text[:300], world.story())
 
 
 Lister = Callable[[httpx.Client], list[Any]]
@@ -233,7 +245,10 @@ def _gateway_url(world: World, scheme: str) -> str:
             found = [u[0] for u in urls.values() if u[0].startswith(scheme)]
             return found[0] if found else None
 
-        return wait_for(ready, timeout=15)
+        try:
+            return wait_for(ready, timeout=DEADLINE)
+        except Exception as exc:
+            raise AssertionError(world.story()) from exc
 
 
 def test_the_port_proxy_opens_only_with_the_jobs_own_token(world: World) -> None:
