@@ -52,7 +52,9 @@ class EnvironmentSpec(BaseModel):
 
 
 def _default_environments() -> list[EnvironmentSpec]:
-    return [EnvironmentSpec(id="0", name="host", description="this machine's own environment")]
+    """The host, under a positive id: clients of the PaaS face insist on image ids from 1."""
+    description = "this machine's own environment: the job runs here, no container"
+    return [EnvironmentSpec(id="1", name="host", description=description)]
 
 
 class QueueSpec(BaseModel):

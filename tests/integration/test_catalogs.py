@@ -36,7 +36,7 @@ def server(home: Path, venv_dir: Path) -> Iterator[LiveServer]:
             QueueSpec(name="batch", pool="local", priority=-1),
         ],
         environments=[
-            EnvironmentSpec(id="0", name="host"),
+            EnvironmentSpec(id="1", name="host"),
             EnvironmentSpec(id="7", name="tools", venv=venv_dir, env={"FROM_CATALOG": "yes"}),
             EnvironmentSpec(id="9", name="cuda", image="nvcr.io/nvidia/pytorch:24.01-py3"),
         ],
@@ -81,6 +81,23 @@ def test_unknown_or_container_images_are_refused_naming_the_catalog(
         assert error["field"] == "image"
         assert "7 (tools)" in error["message"]
         assert http.get("/api/v1/jobs").json()["items"] == []
+
+
+def test_the_default_catalog_is_the_host_under_a_positive_id(home: Path) -> None:
+    """With no catalog configured, one entry: id 1 (faces whose clients want ids from 1, such as
+    the PaaS API's, can name it), the host's own environment."""
+    (entry,) = Settings(home=home).environments
+    assert (entry.id, entry.name) == ("1", "host")
+    assert (entry.image, entry.venv, entry.path_prefix, entry.env) == (None, None, [], {})
+    settings = make_settings(home)
+    assert settings.environments == [entry]
+    with running_server(settings) as live, live.client() as http:
+        for ref in ("1", "host"):
+            job = submit(http, entrypoint="echo $JOBYARD_JOB_ID", image=ref).json()
+            assert log_of(live, http, job).strip() == str(job["id"])
+        refused = submit(http, entrypoint="true", image="0")
+        assert refused.status_code == 400, refused.text
+        assert "1 (host)" in refused.json()["error"]["message"]
 
 
 def test_queue_and_pool_are_checked_and_recorded(server: LiveServer) -> None:
@@ -130,7 +147,7 @@ def test_catalogs_come_from_the_toml_file(
     config = tmp_path / "jobyard.toml"
     config.write_text(
         '[[queues]]\nname = "default"\n\n[[queues]]\nname = "gpu"\npriority = 10\n'
-        f'\n[[environments]]\nid = "0"\nname = "host"\n\n[[environments]]\nid = "py"\n'
+        f'\n[[environments]]\nid = "1"\nname = "host"\n\n[[environments]]\nid = "py"\n'
         f'name = "python"\nvenv = "{Path(sys.executable).parent.parent}"\n'
     )
     monkeypatch.setenv("JOBYARD_CONFIG", str(config))

@@ -1,8 +1,9 @@
-"""The PaaS face (seed 000) on the main port: every endpoint, with the seed's field names."""
+"""The PaaS face on the main port: every endpoint, with the original API's field names."""
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -10,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from jobyard.api.paas.mapping import state_log
+from jobyard.api.paas.mapping import gpu_names, state_log
 from jobyard.api.paas.schemas import parse_envs
-from jobyard.config import EnvironmentSpec, GpuSpec
+from jobyard.config import EnvironmentSpec, GpuSpec, Settings
 from jobyard.errors import InvalidInput
 from jobyard.model import Job, JobState, StateLogEntry
 from tests.factories import make_job
@@ -22,7 +23,7 @@ IMAGE_ID = 633839
 GPU = "NVIDIA A16"
 _names = itertools.count()
 
-# The first job of the seed's list example, as the seed prints it.
+# The first job of the original API's list example, as its documentation prints it.
 SEED_JOB: dict[str, Any] = {
     "id": 421236,
     "ctx": {
@@ -104,7 +105,7 @@ def assert_shaped_like(ours: Any, seed: Any, path: str = "job") -> None:
             assert_shaped_like(item, seed[0], f"{path}[{n}]")
 
 
-# ---- a server with a GPU of the seed's model and an environment catalog ---------------------
+# ---- a server with a GPU of the example's model and an environment catalog ------------------
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         home,
         gpus=[GpuSpec(index=0, model=GPU)],
         environments=[
-            EnvironmentSpec(id="0", name="host"),
+            EnvironmentSpec(id="1", name="host"),
             EnvironmentSpec(id=str(IMAGE_ID), name="flavoured", env={"IMAGE_FLAVOUR": "mint"}),
         ],
     )
@@ -357,6 +358,24 @@ def test_a_live_jobs_ports_have_urls_where_the_server_runs_a_gateway(
     assert wait_status(http, job["id"], 4)["app"]["urls"] == {}
 
 
+def test_gpu_names_are_the_pools_models_and_cpu(http: httpx.Client) -> None:
+    """gpuName `cpu` is a job without GPUs; a model of the pool's GPUs (or part of it, in any
+    case, as the scheduler matches) may also come with gpus 0, as in the original's example."""
+    cpu = create(http, spec='{"gpuName": "cpu"}', cmd="echo ${CUDA_VISIBLE_DEVICES:-none}")
+    assert (cpu["res"]["gpuName"], cpu["res"]["gpus"]) == ("cpu", 0)
+    model = create(http, spec=f'{{"gpuName": "{GPU}", "gpus": 0}}', cmd="true")
+    assert (model["res"]["gpuName"], model["res"]["gpus"]) == (GPU, 0)
+    part = create(http, spec='{"gpuName": "a16", "gpus": 0}', cmd="true")
+    assert part["res"]["gpuName"] == "a16"
+    for job in (cpu, model, part):
+        assert wait_status(http, job["id"], 4)["desc"].startswith("SUCCEEDED"), job
+    assert http.get(f"/api/v1/jobs/{cpu['id']}/logs").text == "none\n"
+    native = http.get(f"/api/v1/jobs/{cpu['id']}").json()["spec"]["resources"]
+    assert (native["gpus"], native["gpu_model"]) == (0, None)
+    unknown = param_error(http.post("/v1/job", files=form(spec='{"gpuName": "H100"}')), "gpuName")
+    assert unknown.endswith(f"this server offers: {GPU}, cpu"), unknown
+
+
 # ---- bad input: code 6 naming the field, nothing stored -------------------------------------
 
 
@@ -370,7 +389,9 @@ def test_a_live_jobs_ports_have_urls_where_the_server_runs_a_gateway(
         ({"from_image_id": 424242}, "from_image_id"),
         ({"from_image_id": -1}, "from_image_id"),
         ({"from_snapshot_id": 99}, "from_snapshot_id"),
-        ({"from_image_id": 0, "from_snapshot_id": IMAGE_ID}, "from_snapshot_id"),
+        ({"from_image_id": 1, "from_snapshot_id": IMAGE_ID}, "from_snapshot_id"),
+        ({"spec": '{"gpuName": "NVIDIA H100", "gpus": 0}'}, "spec.gpuName"),
+        ({"spec": '{"gpuName": "cpu", "gpus": 1}'}, "spec.gpus"),
         ({"envs": "A=1;novalue"}, "envs"),
         ({"envs": "=1"}, "envs"),
         ({"ports": '[{"port": 5900, "protocol": 3}]'}, "ports.0.protocol"),
@@ -459,6 +480,68 @@ def test_stats_count_per_state_and_list_ids(http: httpx.Client) -> None:
     answer(http.delete("/v1/job", params={"id": running["id"]}))
     wait_status(http, running["id"], 4)
     assert answer(http.get("/v1/job/stats"))["counts"]["4"] == 2
+
+
+# ---- a fresh install: no catalog, GPU or queue configuration ------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The settings of a fresh install: only the data directory and the ports are given (free
+    ones here, the Ray listener off); GPUs are whatever NVML finds."""
+    home = tmp_path_factory.mktemp("fresh") / "home"
+    with running_server(Settings(home=home, port=0, ray_port=0)) as live:
+        yield live
+
+
+def test_a_fresh_install_runs_a_job_given_a_positive_image_id_and_a_gpu_name(
+    fresh: LiveServer,
+) -> None:
+    """A client that insists on both is served with no configuration: image 1 is the host,
+    gpuName `cpu` a job without GPUs."""
+    with new_user(fresh) as http:
+        spec = '{"gpuName": "cpu", "gpus": 0}'
+        job = create(http, spec=spec, from_image_id=1, cmd="echo fresh", agent_domain=0)
+        assert_shaped_like(job, SEED_JOB)
+        assert (job["app"]["fromImageId"], job["app"]["fromSnapshotId"]) == (1, 0)
+        assert (job["res"]["gpuName"], job["res"]["gpus"]) == ("cpu", 0)
+        done = wait_status(http, job["id"], 4)
+        assert done["desc"].startswith("SUCCEEDED, exit code 0"), done["desc"]
+        assert http.get(f"/api/v1/jobs/{job['id']}/logs").text == "fresh\n"
+        # no image id at all: the same default entry, shown as id 1
+        assert create(http, cmd="true")["app"]["fromImageId"] == 1
+
+
+def test_a_fresh_install_offers_the_hosts_gpu_models(fresh: LiveServer) -> None:
+    """Each model NVML found (none on a machine without NVIDIA GPUs) runs a job too."""
+    found = fresh.runtime.jobs.gpus()
+    with new_user(fresh) as http:
+        for model in dict.fromkeys(gpu.model for gpu in found):
+            job = create(http, spec=json.dumps({"gpuName": model, "gpus": 0}), cmd="true")
+            assert wait_status(http, job["id"], 4)["desc"].startswith("SUCCEEDED"), job
+        refused = http.post("/v1/job", files=form(spec='{"gpuName": "no such GPU", "gpus": 0}'))
+        msg = param_error(refused, "spec.gpuName")
+        assert msg.endswith("this server offers: " + ", ".join(gpu_names(found))), msg
+
+
+@pytest.mark.parametrize(
+    ("fields", "named", "listed"),
+    [
+        ({"from_image_id": 2}, "from_image_id", "known ids: 1"),
+        ({"from_snapshot_id": 633839}, "from_snapshot_id", "known ids: 1"),
+        ({"spec": '{"gpuName": "NVIDIA A16", "gpus": 0}'}, "spec.gpuName", "cpu"),
+        ({"spec": '{"gpuName": "cpu", "gpus": 2}'}, "spec.gpus", "must be 0"),
+    ],
+)
+def test_a_fresh_install_names_the_field_of_an_unknown_id_or_gpu_name(
+    fresh: LiveServer, fields: dict[str, Any], named: str, listed: str
+) -> None:
+    if named == "spec.gpuName" and any("A16" in gpu.model for gpu in fresh.runtime.jobs.gpus()):
+        pytest.skip("this host has an NVIDIA A16")
+    with new_user(fresh) as http:
+        msg = param_error(http.post("/v1/job", files=form(cmd="true", **fields)), named)
+        assert listed in msg, msg
+        assert answer(http.get("/v1/job/jobs"))["pagination"]["total"] == 0
 
 
 # ---- pure pieces ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from jobyard.model import (
     Task,
     TerminationReason,
 )
-from jobyard.model.capacity import why_never_fits
+from jobyard.model.capacity import GpuInfo, why_never_fits
 from jobyard.model.job import (
     JobName,
     Labels,
@@ -213,6 +213,10 @@ class JobService:
 
     def environments(self) -> list[EnvironmentSpec]:
         return list(self._settings.environments)
+
+    def gpus(self) -> list[GpuInfo]:
+        """The pool's GPUs as the executor found them (NVML, the declared inventory, Slurm)."""
+        return list(self._executor.capacity().gpus)
 
     async def pool_views(self) -> list[PoolView]:
         live, counts = await self._db.read(self._usage)

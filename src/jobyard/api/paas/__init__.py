@@ -1,1 +1,1 @@
-"""Seed 000: the GPU-cloud PaaS job API (/v1/job...)."""
+"""The GPU-cloud PaaS job API (/v1/job...): its numeric states, its envelope, its catalogs."""

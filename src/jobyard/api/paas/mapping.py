@@ -1,6 +1,7 @@
-"""The PaaS face's one home of names: core states -> numeric states, the state log, error codes.
+"""The PaaS face's one home of names: core states -> numeric states, the state log, error codes,
+the GPU names it offers.
 
-Numeric states (seed 000): 6 initialising, 1 queued, 2 scheduled, 3 running, 5 cancelling,
+The original's numeric states: 6 initialising, 1 queued, 2 scheduled, 3 running, 5 cancelling,
 4 finished. The core never shows a job before it is queued (it is accepted and queued in one
 transaction), so 6 is the first entry of every state log, synthesised from `created_at`, and
 never a current status. STARTING is 2: resources are assigned and the task is being set up;
@@ -11,6 +12,7 @@ never a current status. STARTING is 2: resources are assigned and the task is be
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from jobyard.api.errors import Problem
 from jobyard.model import Job, JobState, PortProtocol, TerminationReason
+from jobyard.model.capacity import GpuInfo
 
 
 class Status(enum.IntEnum):
@@ -47,6 +50,14 @@ CORE_STATES: dict[Status, list[JobState]] = {
 
 PROTOCOL: dict[int, PortProtocol] = {1: PortProtocol.SSH, 2: PortProtocol.HTTP}
 PROTOCOL_NUMBER: dict[PortProtocol, int] = {value: key for key, value in PROTOCOL.items()}
+
+# The gpuName every server offers beside its GPUs' models: a job that uses no GPU.
+CPU_GPU_NAME = "cpu"
+
+
+def gpu_names(gpus: Sequence[GpuInfo]) -> list[str]:
+    """The gpuName values this server offers: each model of its GPUs once, then `cpu`."""
+    return [*dict.fromkeys(gpu.model for gpu in gpus), CPU_GPU_NAME]
 
 
 class Code(enum.IntEnum):

@@ -1,4 +1,4 @@
-"""Seed 000's PaaS job API under /v1/job: create, get, stats, list, cancel.
+"""The PaaS job API under /v1/job: create, get, stats, list, cancel.
 
 Every answer is HTTP 200 with `{code, msg, ...}`; failures are rendered by
 `mapping.render_problem` (registered for this prefix in `api/app.py`)."""
@@ -183,6 +183,7 @@ async def create_job(request: Request, user: CurrentUser, jobs: JobsDep) -> Resp
     if entry is None:
         known = ", ".join(item.id for item in jobs.environments()) or "none"
         raise InvalidInput(f"unknown id {ref!r}; known ids: {known}", field=field)
+    create.check_gpu_name(jobs.gpus())
     job_request = create.to_request(entry.id if ref is not None else None)
     try:
         submitted = await jobs.submit(user, job_request)

@@ -1,7 +1,8 @@
 """What the PaaS face reads (a create request: form fields or JSON) and writes (the job object).
 
-The job object has every key of seed 000's example in the same order, nesting and JSON types.
-Keys with no meaning here keep the seed's values (`format` 2, `clientID` 10001, null, "", 0).
+The job object has every key of the original API's documented example in the same order,
+nesting and JSON types. Keys with no meaning here keep the example's values (`format` 2,
+`clientID` 10001, null, "", 0).
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobyard.api.paas.mapping import (
+    CPU_GPU_NAME,
     PROTOCOL,
     PROTOCOL_NUMBER,
     description,
+    gpu_names,
     seconds,
     state_log,
     status_of,
 )
 from jobyard.errors import InvalidInput, JobyardError
 from jobyard.model import Job, JobSpec, PortProtocol, PortSpec, Resources
+from jobyard.model.capacity import GpuInfo, gpu_matches
 from jobyard.service import JobRequest
 
 # A job created without `cmd` keeps running until it is cancelled, as an instance does.
@@ -33,6 +37,7 @@ LABEL_AGENT_DOMAIN = "paas.agent_domain"
 LABEL_DOMAIN = "paas.domain"
 LABEL_REMARK = "paas.remark"
 LABEL_SOURCE = "paas.source"  # "image" or "snapshot": which field chose the environment
+LABEL_GPU_NAME = "paas.gpu_name"  # a gpuName that is no GPU model (`cpu`)
 
 
 def parse_envs(raw: str) -> dict[str, str]:
@@ -66,17 +71,20 @@ def _json_text(value: Any) -> Any:
 
 
 def _id_text(value: Any) -> Any:
+    """An id as text. Empty, or 0 (what the job object shows in the field that did not choose
+    the environment), is not given."""
     if isinstance(value, bool):
         raise ValueError("must be an id")
     if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and not value.strip():
+        value = str(value)
+    if isinstance(value, str) and value.strip() in ("", "0"):
         return None
     return value
 
 
 class PaasSpec(BaseModel):
-    """`spec`: the machine asked for. An empty or absent gpuName: no particular GPU model."""
+    """`spec`: the machine asked for. An empty or absent gpuName: no particular GPU model;
+    `cpu`: no GPU."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -148,11 +156,35 @@ class PaasCreate(BaseModel):
             return "from_snapshot_id", snapshot
         return "from_image_id", image
 
+    def gpu_name(self) -> str:
+        return self.spec.gpuName.strip()
+
+    def is_cpu(self) -> bool:
+        return self.gpu_name().lower() == CPU_GPU_NAME
+
     def gpus(self) -> int:
         """A gpuName without a count asks for one GPU of that model (a machine with it)."""
         if self.spec.gpus is not None:
             return self.spec.gpus
-        return 1 if self.spec.gpuName.strip() else 0
+        return 1 if self.gpu_name() and not self.is_cpu() else 0
+
+    def check_gpu_name(self, gpus: Sequence[GpuInfo]) -> None:
+        """A gpuName is empty, `cpu` (no GPUs), or names a model of the pool's GPUs, matched
+        as the scheduler matches it (part of the model's name, in any case)."""
+        name = self.gpu_name()
+        if self.is_cpu() and self.gpus():
+            raise InvalidInput(
+                f"gpuName {name!r} runs without GPUs: gpus must be 0, got {self.gpus()}",
+                field="spec.gpus",
+            )
+        if not name or self.is_cpu():
+            return
+        wanted = Resources(gpu_model=name)
+        if not any(gpu_matches(gpu, wanted) for gpu in gpus):
+            offered = ", ".join(gpu_names(gpus))
+            raise InvalidInput(
+                f"unknown GPU name {name!r}; this server offers: {offered}", field="spec.gpuName"
+            )
 
     def to_request(self, image: str | None) -> JobRequest:
         """The core's request; `image` is the catalog entry's id (None: the default entry)."""
@@ -164,6 +196,8 @@ class PaasCreate(BaseModel):
         }
         if self.remark:
             labels[LABEL_REMARK] = self.remark
+        if self.is_cpu():
+            labels[LABEL_GPU_NAME] = self.gpu_name()
         try:
             spec = JobSpec(
                 entrypoint=["bash", "-c", self.cmd if self.cmd.strip() else DEFAULT_CMD],
@@ -172,7 +206,7 @@ class PaasCreate(BaseModel):
                 resources=Resources(
                     cpus=self.spec.cpus,
                     gpus=self.gpus(),
-                    gpu_model=self.spec.gpuName.strip() or None,
+                    gpu_model=None if self.is_cpu() else self.gpu_name() or None,
                 ),
                 ports=[PortSpec(port=p.port, protocol=PROTOCOL[p.protocol]) for p in self.ports],
             )
@@ -239,7 +273,7 @@ def _number(value: float) -> int | float:
 
 
 def _id_number(value: str) -> int | str:
-    """Catalog ids are strings; the seed's are numbers: numeric ids leave as numbers."""
+    """Catalog ids are strings; the original's are numbers: numeric ids leave as numbers."""
     return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
 
 
@@ -254,7 +288,7 @@ def command_of(spec: JobSpec) -> str:
 
 def _urls(extras: JobExtras) -> dict[str, Any]:
     """`port_<n>: {urls: [...]}`: the gateway's URLs of a live job (HTTP ones carry the
-    job's token, as the seed's do); {} while none are leased."""
+    job's token, as the original's do); {} while none are leased."""
     return {key: {"urls": list(urls)} for key, urls in sorted(extras.urls.items())}
 
 
@@ -312,7 +346,7 @@ def _res(job: Job) -> dict[str, Any]:
         "cpus": _number(resources.cpus),
         "gpus": resources.gpus,
         "diskGB": 0,
-        "gpuName": resources.gpu_model or "",
+        "gpuName": resources.gpu_model or job.labels.get(LABEL_GPU_NAME, ""),
         "domain": job.labels.get(LABEL_DOMAIN, "all"),
         "agentDomain": _agent_domain(job),
     }
