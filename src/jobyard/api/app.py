@@ -20,7 +20,7 @@ from jobyard.api.terminal import TerminalTokens, router as terminal_router
 from jobyard.api.training import render_problem as render_training, router as training_router
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.access import AccessService
-from jobyard.web import WebSocketOriginCheck, router as web_router
+from jobyard.web import WebSocketOriginCheck, docs_router, router as web_router
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -40,6 +40,8 @@ def create_app(
         version=__version__,
         description="Self-hosted job platform for GPU and ML training workloads.",
         lifespan=lifespan,
+        docs_url=None,  # served by jobyard.web.docs from npm packages, not from a CDN
+        redoc_url=None,
     )
     app.state.auth = auth
     app.state.jobs = jobs
@@ -58,6 +60,7 @@ def create_app(
     if max_request_bytes is not None:
         app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
     app.include_router(scheduling_router)
+    app.include_router(docs_router)  # /docs and /redoc
     app.include_router(web_router)  # the dashboard, at / (last: the faces' routes win)
     app.add_middleware(WebSocketOriginCheck)  # browsers open /webterminal from here only
     return app

@@ -4,7 +4,8 @@ It is a face like the others: it reaches the core only through the services on `
 (`jobs`, `logs`, `auth`) and never touches the store, the executors or the scheduler.
 """
 
+from jobyard.web.docs import router as docs_router
 from jobyard.web.origin import WebSocketOriginCheck
 from jobyard.web.routes import router
 
-__all__ = ["WebSocketOriginCheck", "router"]
+__all__ = ["WebSocketOriginCheck", "docs_router", "router"]

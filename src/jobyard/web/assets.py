@@ -1,5 +1,6 @@
 """Where the dashboard's files come from: its own static files, and the npm packages' dist
-files (xterm.js) served straight from `web/node_modules` (installed by `make assets`)."""
+files (xterm.js; Swagger UI and ReDoc for the API docs) served straight from
+`web/node_modules` (installed by `make assets`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ VENDOR_FILES: dict[str, tuple[str, str, str]] = {
     "xterm.js": ("@xterm/xterm", "lib/xterm.js", "text/javascript"),
     "xterm.css": ("@xterm/xterm", "css/xterm.css", "text/css"),
     "addon-fit.js": ("@xterm/addon-fit", "lib/addon-fit.js", "text/javascript"),
+    "swagger-ui-bundle.js": ("swagger-ui-dist", "swagger-ui-bundle.js", "text/javascript"),
+    "swagger-ui.css": ("swagger-ui-dist", "swagger-ui.css", "text/css"),
+    "swagger-favicon.png": ("swagger-ui-dist", "favicon-32x32.png", "image/png"),
+    "redoc.standalone.js": ("redoc", "bundles/redoc.standalone.js", "text/javascript"),
 }
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
