@@ -24,8 +24,9 @@ from jobyard.errors import Conflict
 from jobyard.executors.base import Executor
 from jobyard.executors.registry import load_executor
 from jobyard.gateway import Gateway
+from jobyard.metrics import Metrics
 from jobyard.scheduler.reconciler import Reconciler
-from jobyard.service import AuthService, JobService, LogService
+from jobyard.service import AuthService, JobService, LogService, figures
 from jobyard.service.access import AccessService
 from jobyard.service.runtime_env import RuntimeEnvService
 from jobyard.store.db import Database, migrate
@@ -45,6 +46,7 @@ class Runtime:
     home_lock: int
     access: AccessService
     gateway: Gateway
+    metrics: Metrics
 
     async def close(self) -> None:
         await self.executor.close()
@@ -103,7 +105,12 @@ def build(settings: Settings) -> Runtime:
     logs = LogService(jobs, executor, max_read=settings.max_log_read_bytes)
     access = AccessService(db, jobs, settings)
     gateway = Gateway(access, settings)
-    return Runtime(settings, db, executor, reconciler, auth, jobs, logs, home_lock, access, gateway)
+    metrics = Metrics()
+    metrics.add_source(figures.job_counts(db, jobs))
+    metrics.add_source(figures.pool_figures(jobs))
+    return Runtime(
+        settings, db, executor, reconciler, auth, jobs, logs, home_lock, access, gateway, metrics
+    )
 
 
 class _Companion(uvicorn.Server):
@@ -207,6 +214,7 @@ def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> F
         jobs=runtime.jobs,
         logs=runtime.logs,
         access=runtime.access,
+        metrics=runtime.metrics,
         lifespan=lifespan,
         max_request_bytes=runtime.settings.max_request_bytes,
         terminal_token_ttl=runtime.settings.terminal_token_ttl_seconds,

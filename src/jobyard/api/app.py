@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from jobyard import __version__
 from jobyard.api.errors import install_error_handlers, register_face_errors
 from jobyard.api.limits import RequestSizeLimit
+from jobyard.api.metrics import RequestMetrics, router as metrics_router
 from jobyard.api.native.access import router as access_router
 from jobyard.api.native.admin import router as admin_router
 from jobyard.api.native.routes import router as native_router
@@ -18,6 +19,7 @@ from jobyard.api.paas.mapping import render_problem as render_paas
 from jobyard.api.paas.routes import router as paas_router
 from jobyard.api.terminal import TerminalTokens, router as terminal_router
 from jobyard.api.training import render_problem as render_training, router as training_router
+from jobyard.metrics import Metrics
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.access import AccessService
 from jobyard.web import WebSocketOriginCheck, docs_router, router as web_router
@@ -34,6 +36,7 @@ def create_app(
     max_request_bytes: int | None = None,
     terminal_token_ttl: float = 60.0,
     access: AccessService | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="jobyard",
@@ -48,6 +51,7 @@ def create_app(
     app.state.logs = logs
     app.state.terminals = TerminalTokens(terminal_token_ttl)
     app.state.access = access
+    app.state.metrics = metrics = metrics or Metrics()
     install_error_handlers(app)
     app.include_router(native_router)
     app.include_router(access_router)
@@ -60,9 +64,11 @@ def create_app(
     if max_request_bytes is not None:
         app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
     app.include_router(scheduling_router)
+    app.include_router(metrics_router)  # /metrics, admins only
     app.include_router(docs_router)  # /docs and /redoc
     app.include_router(web_router)  # the dashboard, at / (last: the faces' routes win)
     app.add_middleware(WebSocketOriginCheck)  # browsers open /webterminal from here only
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts every answer
     return app
 
 
