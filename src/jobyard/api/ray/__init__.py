@@ -1,4 +1,4 @@
-"""The Ray-compatible job API (seed 001): its own app, served on its own listener."""
+"""The Ray-compatible job API: its own app, served on its own listener."""
 
 from jobyard.api.ray.app import create_ray_app
 

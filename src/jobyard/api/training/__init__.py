@@ -1,4 +1,4 @@
-"""The training-job face (seed 002): /api/jobs, its status names and its envelope."""
+"""The training-job API: /api/jobs, its status names and its envelope."""
 
 from jobyard.api.training.mapping import render_problem
 from jobyard.api.training.routes import router

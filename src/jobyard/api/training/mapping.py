@@ -1,5 +1,5 @@
 """The training face's one home of names: core states -> status names, the envelope, errors,
-and the job, pod and event objects of seed 002.
+and the job, pod and event objects of the training-job API.
 
 Status names: Pending (QUEUED), Scheduled (SCHEDULED and STARTING: resources are assigned, the
 task is being set up), Running, Stopping, Succeeded, Failed, Stopped. Pods are the job's tasks,

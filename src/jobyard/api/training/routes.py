@@ -1,4 +1,4 @@
-"""Seed 002's training-job API under /api/jobs: thin handlers, one core call each."""
+"""The training-job API under /api/jobs: thin handlers, one core call each."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jobyard.api.training.schemas import JobCreateBody, parse_list_query
 from jobyard.errors import ExecutorRefused, InvalidInput, JobyardError, NotFound
 from jobyard.service import LogQuery
 
-router = APIRouter(prefix="/api/jobs", tags=["training (seed 002)"])
+router = APIRouter(prefix="/api/jobs", tags=["training"])
 
 # The core's field names, as this face's clients know them.
 _FIELDS = {

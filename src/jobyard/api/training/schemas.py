@@ -1,4 +1,4 @@
-"""Request bodies of the training face (seed 002) and their translation to the core's request.
+"""Request bodies of the training-job API and their translation to the core's request.
 
 Create (the platform's unified format, flattened): `jobName` and `command` are required;
 `image` names an environment of the catalog (absent: the host), `resourcePoolId` and `queue`
