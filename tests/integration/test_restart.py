@@ -82,7 +82,7 @@ def test_jobs_caught_mid_start_by_a_crash_are_requeued_or_failed(home: Path) -> 
     with running_server(settings) as server:
         assert server.wait_state(scheduled, "SUCCEEDED")["exit_code"] == 0  # requeued, then ran
         lost = server.wait_state(starting, "FAILED")
-        assert lost["reason"] == "LOST" and "before its tasks were recorded" in lost["message"]
+        assert lost["reason"] == "LOST" and "the process was not found" in lost["message"]
 
 
 def test_a_task_that_cannot_get_a_log_fails_to_start_instead_of_sticking(home: Path) -> None:

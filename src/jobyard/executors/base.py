@@ -18,6 +18,7 @@ __all__ = [
     "Executor",
     "GpuInfo",
     "Handle",
+    "InterruptedStart",
     "ShellCommand",
     "StartFailed",
     "StartedTask",
@@ -41,6 +42,16 @@ class StartedTask:
     # stays STARTING, with poll()'s PENDING message as its pending reason, until a report
     # says the task runs (or ended).
     waiting: bool = False
+
+
+@dataclass(frozen=True)
+class InterruptedStart:
+    """A start() a crash cut short: the server died after the job became STARTING and before
+    its tasks' handles were stored. `since` is when this attempt began starting; anything an
+    earlier attempt of the job left (an exit file, an ended Slurm job) is older."""
+
+    placement: Placement
+    since: float
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,17 @@ class Executor(ABC):
         """Start every task and return promptly; never wait for completion.
         All or nothing: if one task cannot start, stop the others and raise StartFailed.
         Raise ExecutorRefused for a spec this executor cannot run (e.g. an image)."""
+
+    async def find_started(
+        self, starts: Sequence[InterruptedStart]
+    ) -> list[list[StartedTask | None]]:
+        """After a restart: what each interrupted start left, task by task (in the order of its
+        placement's tasks): a StartedTask whose handle poll() then follows (running, ended with
+        its exit code, or leftovers to kill before it reports LOST), or None where nothing of
+        the task exists. An executor finds everything such a start may have made through a
+        marker it sets before making it; this default, for one that cannot, finds nothing.
+        May raise when the infrastructure cannot say now: the caller asks again later."""
+        return [[None] * len(start.placement.tasks) for start in starts]
 
     @abstractmethod
     async def poll(self, handles: Sequence[Handle]) -> list[TaskReport]:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 
 from jobyard.config import Settings
 from jobyard.errors import JobyardError
-from jobyard.executors.base import Executor, StartedTask
+from jobyard.executors.base import Executor, InterruptedStart, StartedTask
 from jobyard.model import (
     EventType,
     Job,
@@ -37,6 +37,7 @@ from jobyard.model import (
     TaskState,
     TerminationReason,
 )
+from jobyard.model.job import TaskPlacement
 from jobyard.scheduler.outcome import Outcome, decide
 from jobyard.scheduler.policy import Candidate, Plan, plan
 from jobyard.store import jobs as q, scheduling as sq
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _WATCHED = (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
 # A failed attempt is retried (when max_retries allows) unless a person or a deadline ended it.
 _NOT_RETRIED = (TerminationReason.STOPPED_BY_USER, TerminationReason.MAX_RUNTIME_EXCEEDED)
+_NOT_FOUND = "server restarted while starting; the process was not found"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class _Started:
     placement: Placement
     tasks: list[StartedTask]
     error: str | None = None
+    found: bool = False  # found after a restart (find_started), not started by this server
 
 
 class Reconciler:
@@ -83,6 +86,9 @@ class Reconciler:
         self._positions: dict[int, int] = {}
         self._queues = {item.name: item for item in settings.effective_queues}
         self._backoff_timer: asyncio.TimerHandle | None = None
+        # Jobs a crash caught mid-start (their handles never stored), by when they began
+        # starting: held (and never finished) until the executor says what of them it started.
+        self._interrupted: dict[int, float] = {}
         self.leading = False  # whether this server schedules (holds the database's leadership)
         executor.set_wakeup(self._wake.set)
 
@@ -146,28 +152,67 @@ class Reconciler:
             )
 
     async def recover(self) -> None:
-        """After a restart: a SCHEDULED job started nothing yet, so it goes back to the queue;
-        a STARTING job whose tasks were never recorded cannot be found again, so it fails as
-        LOST (its processes, if any started, are not known to jobyard)."""
+        """After a restart: a SCHEDULED job started nothing yet, so it goes back to the queue.
+        A STARTING (or, stopped meanwhile, STOPPING) job with tasks whose handles were never
+        stored was caught mid-start: the executor finds what of it started (_find_interrupted)."""
 
-        def requeue(conn: Connection) -> None:
-            now = self._clock()
+        def requeue(conn: Connection) -> dict[int, float]:
             back = q.Transition(JobState.QUEUED, "server restarted before the job started")
             ids = q.ids_in_states(conn, [JobState.SCHEDULED])
-            changes = [(job_id, back) for job_id in ids]
-            starting = q.load_jobs(conn, q.ids_in_states(conn, [JobState.STARTING]), with_log=False)
-            lost = q.Transition(
-                JobState.FAILED,
-                "the server stopped while starting this job, before its tasks were recorded",
-                termination=TerminationReason.LOST,
-            )
-            changes += [(j.id, lost) for j in starting if any(t.handle is None for t in j.tasks)]
-            q.transition_many(conn, changes, now)
+            q.transition_many(conn, [(job_id, back) for job_id in ids], self._clock())
+            caught = q.ids_in_states(conn, [JobState.STARTING, JobState.STOPPING])
+            return {
+                job.id: _starting_since(job)
+                for job in q.load_jobs(conn, caught, with_log=True)
+                if any(t.handle is None for t in job.tasks)
+            }
 
-        await self._db.write(requeue)
+        self._interrupted = await self._db.write(requeue)
+        await self._find_interrupted()
+
+    async def _find_interrupted(self) -> None:
+        """Ask the executor what the interrupted starts left. A job found whole goes on as if
+        its start had returned (RUNNING, or waiting in Slurm); found in part, what was found is
+        stopped and the job ends LOST once it is gone; found not at all, it is LOST (or
+        retried). If the executor cannot say yet (Slurm unreachable), ask again next pass."""
+        if not self._interrupted:
+            return
+        ids = sorted(self._interrupted)
+        jobs = await self._db.read(lambda c: q.load_jobs(c, ids, with_log=False))
+        asked = [job for job in jobs if job.state in (JobState.STARTING, JobState.STOPPING)]
+        starts = [InterruptedStart(_unrecorded(job), self._interrupted[job.id]) for job in asked]
+        try:
+            found = await self._executor.find_started(starts)
+        except Exception:
+            log.warning(
+                "cannot tell yet what the interrupted starts left; asking again", exc_info=True
+            )
+            return
+        now = self._clock()
+        retries = [
+            self._retry_of(
+                job.id, job.attempt, job.spec, None, TerminationReason.LOST, None, _NOT_FOUND, now
+            )
+            for job, tasks in zip(asked, found, strict=True)
+            if job.state is JobState.STARTING
+            and not any(tasks)
+            and self._retryable(job, TerminationReason.LOST)
+        ]
+        results = [
+            _Started(start.placement, [t for t in tasks if t is not None], found=True)
+            for start, tasks in zip(starts, found, strict=True)
+        ]
+        await self._db.write(
+            partial(_record_found, jobs=asked, found=results, retries=retries, now=now)
+        )
+        self._interrupted = {}
+        self._queued_dirty |= {r.job_id for r in retries}
+        self._queue_changed = True
+        await self._reload(ids)
 
     async def tick(self) -> None:
         full = await self._refresh()
+        await self._find_interrupted()
         await self._observe(full)
         await self._enforce()
         await self._schedule()
@@ -257,7 +302,11 @@ class Reconciler:
                 *(j for j in self._live.values() if j.state is JobState.STOPPING),
             ]
         )
-        outcomes = {job.id: o for job in candidates if (o := decide(job)) is not None}
+        outcomes = {
+            job.id: o
+            for job in candidates
+            if job.id not in self._interrupted and (o := decide(job)) is not None
+        }
         if pending:
             events = {job_id for job_id, _, _ in pending}  # only changes are written: say each
             await self._db.write(lambda c: sq.set_pending(c, pending, now, events=events))
@@ -343,6 +392,7 @@ class Reconciler:
             if job.state is JobState.STARTING
             and now - job.updated_at.timestamp() > limit
             and not all(t.handle is not None for t in job.tasks)  # not queued in Slurm
+            and job.id not in self._interrupted  # held until the executor says what it left
         ]
         if stuck:
             change = q.Transition(
@@ -499,10 +549,33 @@ class Reconciler:
             self._backoff_timer = loop.call_later(max(0.0, until - now) + 0.001, self.wake)
 
     async def _start(self, placement: Placement) -> _Started:
+        """One job's start; whatever it raises fails that job alone, never the pass (the other
+        jobs of the pass are starting beside it)."""
         try:
             return _Started(placement, await self._executor.start(placement))
         except JobyardError as exc:  # StartFailed, ExecutorRefused
             return _Started(placement, [], exc.message)
+        except Exception as exc:
+            log.exception("the executor failed to start job %d", placement.job_id)
+            return _Started(placement, [], f"the executor failed to start the job: {exc!r}")
+
+
+def _starting_since(job: Job) -> float:
+    """When the job last became STARTING (this attempt's start)."""
+    began = [entry.timestamp for entry in job.state_log if entry.state is JobState.STARTING]
+    return (began[-1] if began else job.updated_at).timestamp()
+
+
+def _unrecorded(job: Job) -> Placement:
+    """The placement of a job's tasks whose handles were never stored, as it was claimed."""
+    tasks = [
+        TaskPlacement(index=t.index, name=t.name, node=t.node or "", gpus=t.gpus)
+        for t in job.tasks
+        if t.handle is None
+    ]
+    return Placement(
+        job_id=job.id, display_id=job.display_id, owner=job.owner, spec=job.spec, tasks=tasks
+    )
 
 
 def _is_overdue(job: Job, now: float) -> bool:
@@ -586,20 +659,7 @@ def _record_starts(
     sq.requeue_for_retry(conn, retries, now)
     retried = {r.job_id for r in retries}
     q.update_tasks(
-        conn,
-        [
-            (
-                r.placement.job_id,
-                t.index,
-                q.TaskUpdate(pid=t.pid, node=t.node, handle=t.handle)
-                if t.waiting
-                else q.TaskUpdate(
-                    state=TaskState.RUNNING, pid=t.pid, node=t.node, started_at=now, handle=t.handle
-                ),
-            )
-            for r in ok
-            for t in r.tasks
-        ],
+        conn, [(r.placement.job_id, t.index, _start_update(t, now)) for r in ok for t in r.tasks]
     )
     queued = [r for r in ok if r.tasks and all(t.waiting for t in r.tasks)]
     queued_ids = {r.placement.job_id for r in queued}
@@ -622,11 +682,65 @@ def _record_starts(
         if r.error is not None and r.placement.job_id not in retried
     ]
     changes += [
-        (r.placement.job_id, q.Transition(JobState.RUNNING, _started_message(r.tasks))) for r in ok
+        (r.placement.job_id, q.Transition(JobState.RUNNING, _started_message(r))) for r in ok
     ]
     q.transition_many(conn, changes, now)
 
 
-def _started_message(tasks: Sequence[StartedTask]) -> str:
-    pids = ", ".join(str(t.pid) for t in tasks)
-    return f"started {len(tasks)} task(s) (pid {pids})"
+def _start_update(task: StartedTask, now: float) -> q.TaskUpdate:
+    if task.waiting:  # in the executor's own queue: RUNNING once a poll says so
+        return q.TaskUpdate(pid=task.pid, node=task.node, handle=task.handle)
+    return q.TaskUpdate(
+        state=TaskState.RUNNING, pid=task.pid, node=task.node, started_at=now, handle=task.handle
+    )
+
+
+def _started_message(started: _Started) -> str:
+    pids = ", ".join(str(t.pid) for t in started.tasks)
+    if started.found:
+        return f"server restarted while starting; found {len(started.tasks)} task(s) (pid {pids})"
+    return f"started {len(started.tasks)} task(s) (pid {pids})"
+
+
+def _record_found(
+    conn: Connection,
+    *,
+    jobs: Sequence[Job],
+    found: Sequence[_Started],
+    retries: Sequence[sq.Retry],
+    now: float,
+) -> None:
+    """What find_started() said of each interrupted job (`found[i]` holds the tasks of
+    `jobs[i]` that it found). Found whole while STARTING: recorded as a start. Otherwise the
+    tasks found are recorded (so they are watched, and stopped); a STARTING job missing some
+    begins stopping (LOST), one missing all fails LOST unless it is retried."""
+    retried = {r.job_id for r in retries}
+    whole = [
+        r
+        for job, r in zip(jobs, found, strict=True)
+        if job.state is JobState.STARTING and r.tasks and len(r.tasks) == len(r.placement.tasks)
+    ]
+    _record_starts(conn, started=whole, retries=retries, now=now)
+    done = {r.placement.job_id for r in whole} | retried
+    rest = [(job, r) for job, r in zip(jobs, found, strict=True) if job.id not in done]
+    q.update_tasks(
+        conn, [(job.id, t.index, _start_update(t, now)) for job, r in rest for t in r.tasks]
+    )
+    lost = q.Transition(JobState.FAILED, _NOT_FOUND, termination=TerminationReason.LOST)
+    q.transition_many(
+        conn,
+        [(job.id, lost) for job, r in rest if job.state is JobState.STARTING and not r.tasks],
+        now,
+    )
+    stops = [
+        (job.id, TerminationReason.LOST, _missing_message(r))
+        for job, r in rest
+        if job.state is JobState.STARTING and r.tasks
+    ]
+    _begin_stops(conn, stops=stops, now=now)
+
+
+def _missing_message(found: _Started) -> str:
+    have = {t.index for t in found.tasks}
+    missing = ", ".join(t.name for t in found.placement.tasks if t.index not in have)
+    return f"server restarted while starting; {missing} not found: stopping the other tasks"

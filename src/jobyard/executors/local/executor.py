@@ -5,6 +5,11 @@ runs the task in the foreground, and writes the task's exit code to a file. The 
 supervisor's parent and is told of its exit through a pidfd; after a server restart the
 supervisor is no longer our child, so poll() reads the exit file instead (or finds the task
 still running, identified by pid and start time). Stop is SIGTERM to the group, then SIGKILL.
+
+A crash can fall between a spawn and the write that stores its handle: find_started() then
+finds the supervisor by the exit file its argv names, the exit file itself, or any process
+with the task in its environment (processes.py). A task that was not our child is reported
+ended only once no process of it is left: poll() kills what it left first.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from jobyard.executors.base import (
     Capacity,
     Executor,
     Handle,
+    InterruptedStart,
     ShellCommand,
     StartedTask,
     StartFailed,
     TaskReport,
 )
 from jobyard.executors.environment import catalog_entry, task_environment
+from jobyard.executors.local import processes
 from jobyard.executors.local.gpus import discover_gpus
 from jobyard.executors.local.spawn import spawn_session
 from jobyard.model import JobSpec, Placement, TaskState
@@ -53,6 +60,11 @@ _SUPERVISOR = (
     'cd "$2" || exit 126; trap : TERM INT HUP; exec 3>&2 2>/dev/null; '
     '(shift 2; exec "$@" 2>&3 3>&-); set -- "$1" "$?"; printf "%s\\n" "$2" > "$1"; exit "$2"'
 )
+# How every supervisor's argv begins; the exit file comes next (how a restarted server finds it).
+_SUPERVISOR_ARGV = ("/bin/sh", "-c", _SUPERVISOR, "jobyard-task")
+# An exit file older than the start it is asked about (by more than this, in seconds: file
+# times lag the clock by a tick) is an earlier attempt's.
+_EXIT_FILE_SLACK = 1.0
 
 
 class LocalExecutor(Executor):
@@ -109,13 +121,32 @@ class LocalExecutor(Executor):
                 self._children[spawned.pid or 0] = self._watch(spawned.pid or 0)
                 started.append(spawned)
         except StartFailed:
-            for done in started:
+            for done in started:  # all or nothing: the job fails with none of its tasks left
                 await self.stop(done.handle, grace=0)
+            pids = [t.pid or 0 for t in started]
+            await asyncio.gather(*(self._stopping[p] for p in pids if p in self._stopping))
             raise
         return started
 
+    async def find_started(
+        self, starts: Sequence[InterruptedStart]
+    ) -> list[list[StartedTask | None]]:
+        return await asyncio.to_thread(self._find_started, starts)
+
     async def poll(self, handles: Sequence[Handle]) -> list[TaskReport]:
-        return [self._poll_one(handle) for handle in handles]
+        reports, adopted_ends = [], []
+        for handle in handles:
+            adopted = not self._is_child(handle)
+            reports.append(self._poll_one(handle))
+            if adopted and reports[-1].state.is_finished():
+                adopted_ends.append(len(reports) - 1)
+        if adopted_ends:  # not our child: what it left running was not killed when it ended
+            left = await asyncio.to_thread(self._kill_leftovers, [handles[i] for i in adopted_ends])
+            for i, count in zip(adopted_ends, left, strict=True):
+                if count:
+                    message = f"killing the {count} process(es) the task left running"
+                    reports[i] = TaskReport(TaskState.RUNNING, message=message)
+        return reports
 
     async def stop(self, handle: Handle, grace: float) -> None:
         pid = int(handle.get("pid", 0))
@@ -176,6 +207,8 @@ class LocalExecutor(Executor):
             return self._prepare_and_spawn(placement, task)
         except OSError as exc:  # no room for its log, an unwritable data directory, ...
             raise StartFailed(f"cannot prepare {task.name}: {exc}") from exc
+        except ValueError as exc:  # an argument or env value the C library cannot take
+            raise StartFailed(f"cannot start {task.name}: {exc}") from exc
 
     def _prepare_and_spawn(self, placement: Placement, task: TaskPlacement) -> StartedTask:
         spec = placement.spec
@@ -183,20 +216,27 @@ class LocalExecutor(Executor):
         cwd = self._working_dir(placement)
         argv = spec.argv()
         _check_program(argv[0], env.get("PATH", os.defpath), cwd)
-        log_dir = self._logs_dir / str(placement.job_id)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path, exit_path = log_dir / f"{task.name}.log", log_dir / f"{task.name}.exit"
+        handle = self._handle(placement, task)
+        log_path, exit_path = Path(handle["log"]), Path(handle["exit"])
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()  # a retried task: the earlier attempt's exit code is not this one's
         pid = self._spawn(argv, env, cwd, log_path, exit_path)
-        handle = {
-            "pid": pid,
-            "start_ticks": (_proc_stat(pid) or ("", 0))[1],
-            "log": str(log_path),
-            "exit": str(exit_path),
-            "node": self._node,
-        }
+        handle.update(pid=pid, start_ticks=(_proc_stat(pid) or ("", 0))[1])
         return StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
+
+    def _handle(self, placement: Placement, task: TaskPlacement) -> Handle:
+        """A task's handle before its spawn: every path in it follows from the job and task
+        (so a restarted server finds them again), and its key is the one in the task's env."""
+        log_dir = self._logs_dir / str(placement.job_id)
+        return {
+            "pid": 0,
+            "start_ticks": 0,
+            "log": str(log_dir / f"{task.name}.log"),
+            "exit": str(log_dir / f"{task.name}.exit"),
+            "node": self._node,
+            "key": [str(placement.job_id), placement.display_id, task.name],
+        }
 
     def _spawn(
         self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, exit_path: Path
@@ -204,7 +244,7 @@ class LocalExecutor(Executor):
         """posix_spawn the supervisor in a new session (without holding the GIL: spawn.py);
         output appended to the log file."""
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        supervisor = ["/bin/sh", "-c", _SUPERVISOR, "jobyard-task", str(exit_path), str(cwd)]
+        supervisor = [*_SUPERVISOR_ARGV, str(exit_path), str(cwd)]
         try:
             pid = spawn_session("/bin/sh", [*supervisor, *argv], env, output_fd=log_fd)
         except OSError as exc:
@@ -212,6 +252,47 @@ class LocalExecutor(Executor):
         finally:
             os.close(log_fd)
         return pid
+
+    # ---- finding what a crash left ------------------------------------------------------------
+
+    def _find_started(self, starts: Sequence[InterruptedStart]) -> list[list[StartedTask | None]]:
+        found = processes.scan([os.fsencode(a) for a in _SUPERVISOR_ARGV])
+        return [
+            [self._found_task(start, task, found) for task in start.placement.tasks]
+            for start in starts
+        ]
+
+    def _found_task(
+        self, start: InterruptedStart, task: TaskPlacement, found: processes.Scan
+    ) -> StartedTask | None:
+        """The task's supervisor (adopted), else its exit file (it ran and ended), else any
+        process of it (to be killed: poll() does so, then reports it LOST); else None."""
+        handle = self._handle(start.placement, task)
+        supervisor = found.supervisors.get(os.fsencode(handle["exit"]))
+        if supervisor is not None:
+            handle.update(pid=supervisor[0], start_ticks=supervisor[1])
+        elif not (
+            _modified_since(handle["exit"], start.since - _EXIT_FILE_SLACK)
+            or found.members.get(_key(handle) or ("", "", ""))
+        ):
+            return None
+        pid = int(handle["pid"]) or None
+        return StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
+
+    def _kill_leftovers(self, handles: Sequence[Handle]) -> list[int]:
+        """For each handle, how many processes of its task were still alive (each now sent
+        SIGKILL); 0 when none is left, or the handle carries no key (stored before keys)."""
+        keyed = [_key(handle) for handle in handles]
+        if not any(keyed):
+            return [0] * len(handles)
+        members = processes.scan(()).members
+        counts = []
+        for key in keyed:
+            pids = members.get(key, []) if key else []
+            if key and pids:
+                processes.kill(pids, key)
+            counts.append(len(pids))
+        return counts
 
     def _watch(self, pid: int) -> int | None:
         """Be told when `pid` exits (pidfd); without pidfd, poll() reaps it on the next pass."""
@@ -303,6 +384,10 @@ class LocalExecutor(Executor):
             TaskState.LOST, message="the task's process is gone and left no exit code"
         )
 
+    def _is_child(self, handle: Handle) -> bool:
+        pid = int(handle.get("pid", 0))
+        return pid > 0 and (pid in self._children or pid in self._exited)
+
     def _owns(self, handle: Handle) -> bool:
         """Is the handle's process alive and still the one we started (not a reused pid)?"""
         pid = int(handle.get("pid", 0))
@@ -360,6 +445,20 @@ def _descendants(pid: int) -> list[psutil.Process]:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _key(handle: Handle) -> processes.TaskKey | None:
+    key = handle.get("key")
+    if not isinstance(key, list) or len(key) != 3:
+        return None
+    return str(key[0]), str(key[1]), str(key[2])
+
+
+def _modified_since(path: str, since: float) -> bool:
+    try:
+        return os.stat(path).st_mtime >= since
+    except OSError:
+        return False
 
 
 def _read_exit_file(path: str | None) -> int | None:
