@@ -45,6 +45,7 @@ class ServerProcess:
         self.env.pop("JOBYARD_CONFIG", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.task_pids: list[int] = []  # tasks a test started: killed when it ends
+        self.ray_port = 0  # the Ray job API's listener: off unless a test gives it a port
 
     @property
     def token(self) -> str:
@@ -54,7 +55,8 @@ class ServerProcess:
         """Start and wait until it answers; returns how long that took."""
         began = time.monotonic()
         command = [sys.executable, "-m", "jobyard", "server", "--home", str(self.home)]
-        command += ["--port", str(self.port), "--ray-port", "0", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--ray-port", str(self.ray_port)]
+        command += ["--host", "127.0.0.1"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.home.parent

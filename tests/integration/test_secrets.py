@@ -1,7 +1,9 @@
 """Secrets never leak: a real server process at debug level with its access log on; the test
 makes API tokens, jobs with an SSH password and a port token, uses every one of them (and wrong
 ones), then greps the server's whole output, every event, every error answer and another
-user's answers for each secret, literally, URL-encoded and base64-encoded."""
+user's answers for each secret, literally, URL-encoded and base64-encoded. Another sends a
+token in every credential-looking query parameter and header, to both listeners and through the
+Ray WebSocket log tail, and greps the debug log for it."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import asyncssh
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests.helpers import wait_for
 from tests.integration.server_process import ServerProcess, free_port
@@ -153,3 +156,54 @@ def test_no_secret_reaches_logs_events_errors_or_other_users(server: ServerProce
         if form in text
     ]
     assert leaks == []
+
+
+CREDENTIAL_PARAMS = ("api_key", "apikey", "key", "token", "access_token", "password", "secret")
+CREDENTIAL_PARAMS += ("auth", "session", "client_secret")
+
+
+@pytest.fixture
+def ray_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """At debug level, with the access log and the Ray listener (its WebSocket handshake logs
+    every header at debug level)."""
+    proc = ServerProcess(
+        tmp_path / "home", tmp_path / "server.log", JOBYARD_ACCESS_LOG="true"
+    )  # server_process.FAST: JOBYARD_LOG_LEVEL=debug
+    proc.ray_port = free_port()
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _tail(url: str, headers: dict[str, str]) -> str:
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        return "".join(str(message) for message in ws)
+
+
+def test_no_token_in_the_debug_log_from_queries_headers_or_the_ray_websocket(
+    ray_server: ServerProcess,
+) -> None:
+    server = ray_server
+    ray = f"http://127.0.0.1:{server.ray_port}"
+    with server.client() as admin:
+        token = admin.post("/api/v1/users", json={"name": "carol"}).json()["token"]
+    with server.client(token) as carol:
+        job = carol.post("/api/v1/jobs", json={"entrypoint": "echo tailed"}).json()
+    server.wait_state(job["id"], "SUCCEEDED")
+    bearer = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for name in CREDENTIAL_PARAMS:  # in the query string, and in the header beside it
+            http.get("/api/v1/jobs", params={name: token, "limit": 5}, headers=bearer)
+            http.get(f"{ray}/api/jobs/", params={name: token}, headers=bearer)
+        assert http.get("/api/v1/whoami", headers=bearer).json()["name"] == "carol"
+        http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}x"})  # a 401
+        http.get(f"{ray}/api/version", headers={"X-Ray-Authorization": f"Bearer {token}"})
+        http.get(f"{ray}/api/version", headers={"Cookie": f"ray-authentication-token={token}"})
+    ws = f"ws://127.0.0.1:{server.ray_port}/api/jobs/{job['display_id']}/logs/tail"
+    assert "tailed" in _tail(ws, bearer)
+    assert "tailed" in _tail(f"{ws}?token={token}", bearer)
+    assert server.signal(signal.SIGTERM) < 10
+    log = server.output()
+    assert "GET /api/v1/jobs?" in log, "the access log was not captured"
+    assert "authorization: <redacted>" in log.lower(), "the handshake's headers were not logged"
+    assert [form for form in _forms(token) if form in log] == []

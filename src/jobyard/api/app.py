@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from jobyard import __version__
+from jobyard.api import redaction
 from jobyard.api.errors import install_error_handlers, register_face_errors
 from jobyard.api.limits import RequestSizeLimit
 from jobyard.api.metrics import RequestMetrics, router as metrics_router
@@ -46,6 +47,7 @@ def create_app(
         docs_url=None,  # served by jobyard.web.docs from npm packages, not from a CDN
         redoc_url=None,
     )
+    redaction.install()
     app.state.auth = auth
     app.state.jobs = jobs
     app.state.logs = logs

@@ -3,7 +3,8 @@
 A face hands out a URL carrying a single-use token (`TerminalTokens.issue`, after checking
 the caller may open a shell into that task); the WebSocket at `/webterminal?token=...`
 authenticates with that token only. The token is bound to the user, job and task, is kept in
-memory, expires (`terminal_token_ttl_seconds`, 60 s by default) and is never logged.
+memory, expires (`terminal_token_ttl_seconds`, 60 s by default) and is never logged
+(`api.redaction`).
 
 Wire protocol (the original platform's channel scheme, plus plain text):
 - binary frame, byte 0 then keystrokes: input for the shell (a frame of NUL bytes only is the
@@ -28,7 +29,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import struct
@@ -54,7 +54,6 @@ _RESIZE = 4
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 ROUTE_NAME = "webterminal"
-_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+")
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,6 @@ class TerminalTokens:
         self.ttl = ttl
         self._clock = clock
         self._grants: dict[str, Grant] = {}
-        _redact_tokens_in_server_logs()
 
     def issue(self, user: User, job: str, task: str) -> str:
         now = self._clock()
@@ -89,25 +87,6 @@ class TerminalTokens:
         if grant is None or grant.expires_at <= self._clock():
             return None
         return grant
-
-
-class _RedactTokens(logging.Filter):
-    """uvicorn logs each WebSocket's path with its query string: hide the token there."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args and isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_TEXT.sub(r"\1<redacted>", a) if isinstance(a, str) else a
-                for a in record.args
-            )
-        return True
-
-
-def _redact_tokens_in_server_logs() -> None:
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
-            logger.addFilter(_RedactTokens())
 
 
 def terminal_url(request: Request, token: str) -> str:

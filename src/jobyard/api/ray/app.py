@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from jobyard import __version__
+from jobyard.api import redaction
 from jobyard.api.errors import Problem, install_error_handlers, register_face_errors
 from jobyard.api.ray.routes import router
 from jobyard.service import AuthService, JobService, LogService
@@ -32,6 +33,7 @@ def create_ray_app(
         description="Ray's Job Submission API over jobyard (`ray job`, JobSubmissionClient).",
         redirect_slashes=False,
     )
+    redaction.install()
     app.state.auth = auth
     app.state.jobs = jobs
     app.state.logs = logs
