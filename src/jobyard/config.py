@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -95,6 +95,23 @@ class SlurmSettings(BaseModel):
     max_array_size: Annotated[int, Field(ge=1, le=1000)] = 256
 
 
+class RaySettings(BaseModel):
+    """The Ray executor: which cluster (its Job API), how to authenticate, how often to ask."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The dashboard's http(s)://host:8265, or ray://host:10001 (resolved once through Ray
+    # Client); None: Ray's own default (RAY_ADDRESS, else a cluster on this machine).
+    address: str | None = None
+    token: SecretStr | None = None  # sent as `Authorization: Bearer <token>`
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 0.05  # a young job's
+    poll_max_interval_seconds: Annotated[float, Field(gt=0)] = 2.0  # an old job's
+    log_interval_seconds: Annotated[float, Field(gt=0)] = 1.0  # a running driver's log copy
+    capacity_refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=64)] = 4
+
+
 class PoolSpec(BaseModel):
     """A resource pool: one executor's capacity. None: discover (local) or ask the executor."""
 
@@ -140,6 +157,7 @@ class Settings(BaseSettings):
     queues: list[QueueSpec] = Field(default_factory=list)
     environments: list[EnvironmentSpec] = Field(default_factory=_default_environments)
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
     log_level: str = "info"
     access_log: bool = False
     # The Ray-compatible job API's own listener (on `host`); 0 turns it off.
