@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from jobyard import __version__
 from jobyard.api import redaction
 from jobyard.api.errors import install_error_handlers, register_face_errors
+from jobyard.api.inputs import InputCheck
 from jobyard.api.limits import RequestSizeLimit
 from jobyard.api.metrics import RequestMetrics, router as metrics_router
 from jobyard.api.native.access import router as access_router
@@ -18,6 +19,7 @@ from jobyard.api.native.routes import router as native_router
 from jobyard.api.native.scheduling import router as scheduling_router
 from jobyard.api.paas.mapping import render_problem as render_paas
 from jobyard.api.paas.routes import router as paas_router
+from jobyard.api.responses import JSONResponse
 from jobyard.api.terminal import TerminalTokens, router as terminal_router
 from jobyard.api.training import render_problem as render_training, router as training_router
 from jobyard.metrics import Metrics
@@ -46,6 +48,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served by jobyard.web.docs from npm packages, not from a CDN
         redoc_url=None,
+        default_response_class=JSONResponse,  # answers any stored text (api.responses)
     )
     redaction.install()
     app.state.auth = auth
@@ -63,6 +66,7 @@ def create_app(
     app.include_router(terminal_router)
     register_face_errors(app, "/api/jobs", render_training)
     app.include_router(admin_router)
+    app.add_middleware(InputCheck)  # inside RequestSizeLimit, which bounds what it reads
     if max_request_bytes is not None:
         app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
     app.include_router(scheduling_router)

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from jobyard import errors
@@ -82,6 +82,37 @@ def validation_problem(exc: RequestValidationError) -> tuple[int, str, str, str 
     return 422, "invalid", f"{field}: {message}" if field else message, field
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="a machine code: invalid, not_found, conflict, ...")
+    message: str
+    field: str | None = Field(default=None, description="the field at fault, dotted")
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error of the native face."""
+
+    error: ErrorDetail
+
+
+def described(description: str) -> dict[str, Any]:
+    """An error answer in the OpenAPI of the native face (`responses=`)."""
+    return {"model": ErrorEnvelope, "description": description}
+
+
+# The errors any native route may answer, declared once (each router's `responses=`); a
+# route names its own meaning of one with `described(...)`.
+NATIVE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: described(
+        "a malformed body (JSON that does not parse, or nests too deep), or what this server "
+        "cannot run (`unsupported`)"
+    ),
+    401: described("missing or invalid token"),
+    404: described("not found (another user's job is not found either)"),
+    409: described("conflicts with the current state"),
+    422: described("invalid input; `field` names it"),
+}
+
+
 @dataclass(frozen=True)
 class Problem:
     """An error, face-neutral: each face renders it in its own envelope."""
@@ -108,13 +139,18 @@ def register_face_errors(app: FastAPI, prefix: str, render: ErrorRenderer) -> No
     renderers.sort(key=lambda item: len(item[0]), reverse=True)
 
 
-def _render(request: Request, problem: Problem) -> Response:
-    path = request.url.path
-    renderers: list[tuple[str, ErrorRenderer]] = getattr(request.app.state, "error_renderers", [])
+def renderer_for(app: Any, path: str) -> ErrorRenderer:
+    """The error renderer of the face that owns `path` in `app` (see register_face_errors)."""
+    state = getattr(app, "state", None)
+    renderers: list[tuple[str, ErrorRenderer]] = getattr(state, "error_renderers", [])
     for prefix, render in renderers:
         if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-            return render(problem)
-    return render_native(problem)
+            return render
+    return render_native
+
+
+def _render(request: Request, problem: Problem) -> Response:
+    return renderer_for(request.app, request.url.path)(problem)
 
 
 def problem_for(exc: errors.JobyardError) -> Problem:

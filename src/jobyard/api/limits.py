@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobyard.api.errors import ErrorRenderer, Problem, render_native
+from jobyard.api.errors import Problem, renderer_for
 
 __all__ = ["RequestSizeLimit"]
 
@@ -48,7 +48,7 @@ class RequestSizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         problem = Problem(413, "too_large", _too_large(limit), "body")
-        response = _renderer(scope)(problem)
+        response = renderer_for(scope.get("app"), scope.get("path", ""))(problem)
         response.headers["Connection"] = "close"  # the rest of the body is not read
         await response(scope, receive, send)
 
@@ -77,16 +77,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _renderer(scope: Scope) -> ErrorRenderer:
-    """The error renderer of the face that owns the path (see register_face_errors)."""
-    app = scope.get("app")
-    path: str = scope.get("path", "")
-    renderers: list[tuple[str, ErrorRenderer]] = []
-    if app is not None:
-        renderers = getattr(app.state, "error_renderers", [])
-    for prefix, render in renderers:
-        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-            return render
-    return render_native

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,14 +64,23 @@ def parse_memory_mib(value: Any) -> int:
     """
     if isinstance(value, bool):
         raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
-    if isinstance(value, int | float):
-        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return _whole(value)
     match = _MEMORY.match(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError("must be an integer (MiB) or a size such as '4GiB'")
     unit = (match.group(2) or "").upper()
     factor = 1 / 2**20 if unit == "B" else _MEMORY_UNITS[unit[:1]]
-    return int(float(match.group(1)) * factor)
+    return _whole(float(match.group(1)) * factor)
+
+
+def _whole(mib: float) -> int:
+    """int(mib), refusing infinity and NaN (int() would raise OverflowError, not ValueError)."""
+    if not math.isfinite(mib):
+        raise ValueError("must be a finite size")
+    return int(mib)
 
 
 class Resources(BaseModel):

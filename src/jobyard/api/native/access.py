@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobyard.api.bounds import MAX_ID
 from jobyard.api.deps import CurrentUser
+from jobyard.api.errors import NATIVE_ERRORS, described
+from jobyard.api.strict import RequestModel
 from jobyard.errors import ExecutorRefused
 from jobyard.service.access import AccessService, PublicKey
 
-router = APIRouter(prefix="/api/v1", tags=["access"])
+router = APIRouter(prefix="/api/v1", tags=["access"], responses=NATIVE_ERRORS)
 
 
 async def _access(request: Request) -> AccessService:
@@ -36,7 +39,7 @@ class AccessPublic(BaseModel):
     token: str | None = Field(description="the port token of the job's HTTP ports")
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(max_length=128)] = ""
@@ -59,7 +62,11 @@ class KeyList(BaseModel):
     items: list[KeyPublic]
 
 
-@router.get("/jobs/{ref}/access", response_model=AccessPublic)
+@router.get(
+    "/jobs/{ref}/access",
+    response_model=AccessPublic,
+    responses={404: described("no such job (or not yours)")},
+)
 async def job_access(ref: str, user: CurrentUser, access: AccessDep) -> AccessPublic:
     """URLs and credentials of a job (its owner and admins; 404 for anyone else)."""
     found = await access.access(user, ref)
@@ -82,7 +89,11 @@ async def list_keys(user: CurrentUser, access: AccessDep) -> KeyList:
     return KeyList(items=[KeyPublic.of(key) for key in await access.list_keys(user)])
 
 
-@router.delete("/keys/{key_id}", status_code=204)
-async def delete_key(key_id: int, user: CurrentUser, access: AccessDep) -> Response:
+@router.delete(
+    "/keys/{key_id}", status_code=204, responses={404: described("no such key (or not yours)")}
+)
+async def delete_key(
+    key_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, access: AccessDep
+) -> Response:
     await access.delete_key(user, key_id)
     return Response(status_code=204)

@@ -13,21 +13,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field, model_validator
 
+from jobyard.api.bounds import MAX_ID
 from jobyard.api.deps import AuthDep, CurrentUser
+from jobyard.api.errors import NATIVE_ERRORS, described
+from jobyard.api.strict import RequestModel
 from jobyard.service.auth import NewToken, TokenInfo, UserInfo
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=NATIVE_ERRORS)
 
 UserName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 TokenName = Annotated[str, Field(max_length=128, pattern=r"^[^\x00-\x1f]*$")]
 _MAX_EXPIRY = 10 * 365 * 86400.0
-_ADMIN: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid token"},
-    403: {"description": "admins only"},
-}
+_ADMIN: dict[int | str, dict[str, Any]] = {403: described("admins only")}
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestModel):
     name: UserName
     admin: bool = False
 
@@ -52,7 +52,7 @@ class UserList(BaseModel):
     items: list[UserPublic]
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(RequestModel):
     user: UserName | None = Field(default=None, description="whose token (default: yours)")
     name: TokenName = ""
     expires_at: datetime | None = Field(default=None, description="when it stops working")
@@ -124,7 +124,7 @@ def _created(made: NewToken) -> TokenCreated:
     tags=["users"],
     status_code=201,
     response_model=UserCreated,
-    responses={**_ADMIN, 409: {"description": "the name is taken"}},
+    responses={**_ADMIN, 409: described("the name is taken")},
 )
 async def create_user(body: UserCreate, user: CurrentUser, auth: AuthDep) -> UserCreated:
     made = await auth.add_user(user, body.name, is_admin=body.admin)
@@ -140,11 +140,7 @@ async def list_users(user: CurrentUser, auth: AuthDep) -> UserList:
     "/users/{name}",
     tags=["users"],
     status_code=204,
-    responses={
-        **_ADMIN,
-        404: {"description": "no such user"},
-        409: {"description": "the last admin"},
-    },
+    responses={**_ADMIN, 404: described("no such user"), 409: described("the last admin")},
 )
 async def remove_user(
     name: Annotated[str, Path(max_length=64)], user: CurrentUser, auth: AuthDep
@@ -161,7 +157,7 @@ async def remove_user(
     tags=["users"],
     status_code=201,
     response_model=TokenCreated,
-    responses={**_ADMIN, 404: {"description": "no such user"}},
+    responses={**_ADMIN, 404: described("no such user")},
 )
 async def create_token(body: TokenCreate, user: CurrentUser, auth: AuthDep) -> TokenCreated:
     expires_at = body.expiry(time.time())
@@ -183,9 +179,9 @@ async def list_tokens(
     "/tokens/{token_id}",
     tags=["users"],
     response_model=TokenPublic,
-    responses={404: {"description": "no such token (or not yours)"}},
+    responses={404: described("no such token (or not yours)")},
 )
 async def revoke_token(
-    token_id: Annotated[int, Path(ge=1, le=2**62)], user: CurrentUser, auth: AuthDep
+    token_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, auth: AuthDep
 ) -> TokenPublic:
     return _token_public(await auth.revoke_token(user, token_id))

@@ -8,7 +8,9 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from jobyard import __version__
+from jobyard.api.bounds import MAX_ID, MAX_OFFSET
 from jobyard.api.deps import CurrentUser, JobsDep, LogsDep
+from jobyard.api.errors import NATIVE_ERRORS, described
 from jobyard.api.native.schemas import (
     EventList,
     JobCreate,
@@ -21,11 +23,8 @@ from jobyard.errors import InvalidInput
 from jobyard.model import JobState
 from jobyard.service import JobQuery, LogQuery
 
-router = APIRouter(prefix="/api/v1")
-_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid token"},
-    404: {"description": "no such job (or not yours)"},
-}
+router = APIRouter(prefix="/api/v1", responses=NATIVE_ERRORS)
+_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {404: described("no such job (or not yours)")}
 
 
 @router.get("/health", tags=["meta"])
@@ -44,8 +43,9 @@ async def whoami(user: CurrentUser) -> dict[str, Any]:
     status_code=201,
     response_model=JobPublic,
     responses={
-        200: {"description": "same submission_id and body: the existing job"},
-        409: {"description": "submission_id already used for another body"},
+        200: {"model": JobPublic, "description": "same submission_id and body: the existing job"},
+        409: described("submission_id already used for another body"),
+        429: described("a configured limit is reached (max_live_jobs_per_user)"),
     },
 )
 async def submit_job(body: JobCreate, user: CurrentUser, jobs: JobsDep) -> Response:
@@ -64,7 +64,7 @@ def _states(raw: list[str]) -> list[JobState]:
 def _cursor(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) > MAX_ID:
         raise InvalidInput("cursor: not a cursor returned by this API", field="cursor")
     return int(raw)
 
@@ -107,7 +107,7 @@ async def get_job(ref: str, user: CurrentUser, jobs: JobsDep) -> Response:
     tags=["jobs"],
     status_code=202,
     response_model=JobPublic,
-    responses={**_JOB_RESPONSES, 409: {"description": "the job already finished"}},
+    responses={**_JOB_RESPONSES, 409: described("the job already finished")},
 )
 async def stop_job(ref: str, user: CurrentUser, jobs: JobsDep) -> Response:
     return job_response(await jobs.stop(user, ref), 202)
@@ -117,7 +117,7 @@ async def stop_job(ref: str, user: CurrentUser, jobs: JobsDep) -> Response:
     "/jobs/{ref}",
     tags=["jobs"],
     status_code=204,
-    responses={**_JOB_RESPONSES, 409: {"description": "live job without force=true"}},
+    responses={**_JOB_RESPONSES, 409: described("live job without force=true")},
 )
 async def delete_job(ref: str, user: CurrentUser, jobs: JobsDep, force: bool = False) -> Response:
     await jobs.delete(user, ref, force=force)
@@ -144,7 +144,9 @@ async def job_logs(
     logs: LogsDep,
     task: Annotated[str | None, Query(description="task name or index; default the first")] = None,
     tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="last N lines")] = None,
-    offset: Annotated[int | None, Query(ge=0, description="byte offset to start from")] = None,
+    offset: Annotated[
+        int | None, Query(ge=0, le=MAX_OFFSET, description="byte offset to start from")
+    ] = None,
     follow: bool = False,
 ) -> Response:
     query = LogQuery(task=task, offset=offset, tail=tail)

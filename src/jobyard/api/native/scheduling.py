@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from jobyard.api.deps import CurrentUser, JobsDep
+from jobyard.api.errors import NATIVE_ERRORS
 from jobyard.service.jobs import PoolView, QueueView
 
-router = APIRouter(prefix="/api/v1", tags=["scheduling"])
+router = APIRouter(prefix="/api/v1", tags=["scheduling"], responses=NATIVE_ERRORS)
 
 
 @router.get("/pools", response_model=list[PoolView])

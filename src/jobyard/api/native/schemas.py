@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticSerializationError
 
+from jobyard.api.responses import encodable
+from jobyard.api.strict import RequestModel
 from jobyard.model import Event, Job, JobSpec, Task, TerminationReason
 from jobyard.model.job import JobName, Labels, Priority, QueueName, SubmissionId
 from jobyard.service import JobRequest
@@ -16,7 +20,7 @@ from jobyard.service import JobRequest
 _SPEC_FIELDS = set(JobSpec.model_fields)
 
 
-class JobCreate(JobSpec):
+class JobCreate(JobSpec, RequestModel):
     """A job to run: the spec's fields plus how to queue it."""
 
     name: JobName | None = None
@@ -81,8 +85,13 @@ _INTERNAL: Any = {"stop_requested_at": True, "stop_reason": True, "tasks": {"__a
 
 
 def job_json(job: Job) -> str:
-    """The JSON of JobPublic, serialised straight from the core Job by pydantic-core."""
-    return job.model_dump_json(exclude=_INTERNAL)
+    """The JSON of JobPublic, serialised straight from the core Job by pydantic-core (or, for
+    a job stored with text UTF-8 cannot encode, through Python: see api.responses)."""
+    try:
+        return job.model_dump_json(exclude=_INTERNAL)
+    except PydanticSerializationError:
+        data = job.model_dump(mode="json", exclude=_INTERNAL)
+        return encodable(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
 def job_response(job: Job, status: int = 200) -> Response:

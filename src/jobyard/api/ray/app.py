@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from jobyard import __version__
 from jobyard.api import redaction
 from jobyard.api.errors import Problem, install_error_handlers, register_face_errors
+from jobyard.api.inputs import InputCheck
 from jobyard.api.ray.routes import router
+from jobyard.api.responses import JSONResponse
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.runtime_env import RuntimeEnvService
 
@@ -32,6 +34,7 @@ def create_ray_app(
         version=__version__,
         description="Ray's Job Submission API over jobyard (`ray job`, JobSubmissionClient).",
         redirect_slashes=False,
+        default_response_class=JSONResponse,  # answers any stored text (api.responses)
     )
     redaction.install()
     app.state.auth = auth
@@ -42,4 +45,5 @@ def create_ray_app(
     install_error_handlers(app)
     register_face_errors(app, "/", render_ray)
     app.include_router(router)
+    app.add_middleware(InputCheck)  # the composition root puts RequestSizeLimit around it
     return app

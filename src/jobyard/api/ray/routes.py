@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from fastapi.requests import HTTPConnection
-from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from jobyard import __version__
@@ -24,12 +23,29 @@ from jobyard.api.deps import JobsDep, LogsDep
 from jobyard.api.errors import problem_for
 from jobyard.api.ray.mapping import API_VERSION, RAY_VERSION, last_lines
 from jobyard.api.ray.schemas import SubmitRequest, job_details, read_runtime_env
+from jobyard.api.responses import JSONResponse
 from jobyard.errors import Conflict, Forbidden, InvalidInput, JobyardError, NotFound, Unauthorized
 from jobyard.model import Job, JobSpec, JobState, TerminationReason
 from jobyard.service import AuthService, JobQuery, JobRequest, LogQuery, User
 from jobyard.service.runtime_env import PreparedEnv, RuntimeEnvService, TooLarge
 
-router = APIRouter()
+
+def _error(description: str) -> dict[str, Any]:
+    """An error answer in this face's OpenAPI: a JSON string, as Ray's server sends."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "string"}}},
+    }
+
+
+# The errors any route of this face may answer (a duplicate submission_id is a 400, as Ray's).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("invalid input, named in the message"),
+    401: _error("no token"),
+    403: _error("a token jobyard does not know"),
+    404: _error("no such job or package (another user's is not found either)"),
+}
+router = APIRouter(responses=ERRORS)
 
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz123456789"  # Ray's: no I l o O 0
 _COOKIE = "ray-authentication-token"
@@ -98,7 +114,9 @@ async def package_exists(
     raise NotFound(f"Package {protocol}://{name} does not exist", field="name")
 
 
-@router.put("/api/packages/{protocol}/{name}")
+@router.put(
+    "/api/packages/{protocol}/{name}", responses={413: _error("larger than max_package_bytes")}
+)
 async def upload_package(
     protocol: str, name: str, request: Request, user: RayUser, runtime_env: RuntimeEnvDep
 ) -> Response:

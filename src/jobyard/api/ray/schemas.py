@@ -6,9 +6,10 @@ import math
 import shlex
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import ConfigDict, Field, StrictStr
 
 from jobyard.api.ray.mapping import error_type, message, millis, status_of
+from jobyard.api.strict import RequestModel
 from jobyard.errors import InvalidInput
 from jobyard.model import Job
 from jobyard.model.job import check_labels
@@ -23,7 +24,7 @@ _IGNORED_KEYS = ("excludes", "config", "_ray_commit")
 _PIP_KEYS = ("packages", "pip_check", "pip_version", "pip_install_options")
 
 
-class SubmitRequest(BaseModel):
+class SubmitRequest(RequestModel):
     """Ray's JobSubmitRequest. Unknown fields are refused, as Ray's server does."""
 
     model_config = ConfigDict(extra="forbid")

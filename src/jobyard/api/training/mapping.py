@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from jobyard.api.errors import Problem
+from jobyard.api.responses import JSONResponse
 from jobyard.errors import InvalidInput
 from jobyard.model import Event, Job, JobSpec, JobState, Task, TaskState
 
@@ -67,6 +69,32 @@ def ok(data: dict[str, Any] | None = None, message: str = "ok") -> dict[str, Any
     if data is not None:
         body["data"] = data
     return body
+
+
+class ErrorDetails(BaseModel):
+    code: str
+    field: str | None = None
+
+
+class ErrorAnswer(BaseModel):
+    """Every error of this face."""
+
+    success: Literal[False]
+    message: str
+    details: ErrorDetails
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorAnswer, "description": description}
+
+
+# The errors any route of this face may answer (a validation problem is a 400 here, not 422).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("invalid input; details.field names it"),
+    401: _error("missing or invalid token"),
+    404: _error("no such job or pod (another user's job is not found either)"),
+    409: _error("conflicts with the job's state"),
+}
 
 
 def render_problem(problem: Problem) -> Response:

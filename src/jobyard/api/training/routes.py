@@ -12,12 +12,12 @@ from pydantic import ValidationError
 
 from jobyard.api.deps import CurrentUser, JobsDep, LogsDep
 from jobyard.api.terminal import TerminalTokens, terminal_url
-from jobyard.api.training.mapping import STATUS, event, job_detail, job_item, ok
+from jobyard.api.training.mapping import ERRORS, STATUS, event, job_detail, job_item, ok
 from jobyard.api.training.schemas import JobCreateBody, parse_list_query
 from jobyard.errors import ExecutorRefused, InvalidInput, JobyardError, NotFound
 from jobyard.service import LogQuery
 
-router = APIRouter(prefix="/api/jobs", tags=["training"])
+router = APIRouter(prefix="/api/jobs", tags=["training"], responses=ERRORS)
 
 # The core's field names, as this face's clients know them.
 _FIELDS = {

@@ -12,8 +12,9 @@ from __future__ import annotations
 import shlex
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from jobyard.api.strict import RequestModel
 from jobyard.api.training.mapping import MIB_PER_GIB, core_states
 from jobyard.model import JobSpec, Resources
 from jobyard.model.job import parse_memory_mib
@@ -23,7 +24,7 @@ MAX_PAGE_SIZE = 500
 _PRIORITIES = {"high": 100, "normal": 0, "low": -100}
 
 
-class JobListQuery(BaseModel):
+class JobListQuery(RequestModel):
     """`POST /api/jobs`: from the JSON body, or the query string (the body wins)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -46,7 +47,7 @@ class JobListQuery(BaseModel):
         )
 
 
-class ResourcesIn(BaseModel):
+class ResourcesIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     cpus: Annotated[float, Field(ge=0, le=4096)] = 0
@@ -71,17 +72,17 @@ class ResourcesIn(BaseModel):
 def _memory_mib(value: float | str) -> int:
     if isinstance(value, str):
         return parse_memory_mib(value)
-    return int(value * MIB_PER_GIB)
+    return parse_memory_mib(value * MIB_PER_GIB)  # refuses infinity (1e308 GiB)
 
 
-class EnvVar(BaseModel):
+class EnvVar(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1)]
     value: str = ""
 
 
-class JobCreateBody(BaseModel):
+class JobCreateBody(RequestModel):
     """`POST /api/jobs/create`."""
 
     model_config = ConfigDict(extra="forbid")
