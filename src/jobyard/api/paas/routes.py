@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from jobyard.api.deps import CurrentUser, JobsDep
 from jobyard.api.paas.mapping import CORE_STATES, Code, Status, status_of
 from jobyard.api.paas.schemas import JobExtras, PaasCreate, job_object, refused
+from jobyard.api.responses import JSONResponse
 from jobyard.errors import ExecutorRefused, InvalidInput, NotFound
 from jobyard.model import Job, JobState
 from jobyard.service import JobQuery, JobService, User

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from jobyard.api.inputs import loads_checked
 from jobyard.api.paas.mapping import (
     CPU_GPU_NAME,
     PROTOCOL,
@@ -25,6 +26,7 @@ from jobyard.api.paas.mapping import (
     state_log,
     status_of,
 )
+from jobyard.api.strict import RequestModel
 from jobyard.errors import InvalidInput, JobyardError
 from jobyard.model import Job, JobSpec, PortProtocol, PortSpec, Resources
 from jobyard.model.capacity import GpuInfo, gpu_matches
@@ -64,7 +66,7 @@ def _json_text(value: Any) -> Any:
         if not value.strip():
             return None
         try:
-            return json.loads(value)
+            return loads_checked(value)  # refused as a body would be (api.inputs)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc.msg})") from None
     return value
@@ -82,7 +84,7 @@ def _id_text(value: Any) -> Any:
     return value
 
 
-class PaasSpec(BaseModel):
+class PaasSpec(RequestModel):
     """`spec`: the machine asked for. An empty or absent gpuName: no particular GPU model;
     `cpu`: no GPU."""
 
@@ -93,7 +95,7 @@ class PaasSpec(BaseModel):
     cpus: Annotated[float, Field(ge=0, le=4096)] = 0
 
 
-class PaasPort(BaseModel):
+class PaasPort(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     port: Annotated[int, Field(ge=1, le=65535)]
@@ -108,7 +110,7 @@ class PaasPort(BaseModel):
         return value
 
 
-class PaasCreate(BaseModel):
+class PaasCreate(RequestModel):
     """The create request's fields, from a multipart form or a JSON body alike."""
 
     model_config = ConfigDict(extra="forbid")
