@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobyard.api.deps import CurrentUser
+from jobyard.api.errors import described
 from jobyard.errors import Forbidden
 from jobyard.metrics import CONTENT_TYPE, Metrics
 
@@ -24,7 +25,11 @@ router = APIRouter(tags=["admin"])
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+        401: described("missing or invalid token"),
+        403: described("admins only"),
+    },
 )
 async def metrics(request: Request, user: CurrentUser) -> Response:
     """The server's metrics (Prometheus text format); admins only."""
