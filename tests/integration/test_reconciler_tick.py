@@ -11,7 +11,15 @@ from typing import Any, ClassVar
 import pytest
 
 from jobyard.config import GpuSpec, QueueSpec, Settings
-from jobyard.executors.base import Capacity, Executor, GpuInfo, Handle, StartedTask, TaskReport
+from jobyard.executors.base import (
+    Capacity,
+    Executor,
+    GpuInfo,
+    Handle,
+    InterruptedStart,
+    StartedTask,
+    TaskReport,
+)
 from jobyard.model import Job, JobSpec, JobState, Placement, Resources, TaskState
 from jobyard.scheduler.reconciler import Reconciler
 from jobyard.store import jobs as q
@@ -28,13 +36,39 @@ class ScriptedExecutor(Executor):
         self._capacity = capacity
         self.codes: dict[int, int | None] = {}
         self.starts: list[Placement] = []
+        # find_started: which tasks of each job a crash caught mid-start left (default none),
+        # and whether the executor cannot tell yet (raises)
+        self.left: dict[int, list[bool]] = {}
+        self.cannot_tell = False
 
     async def start(self, placement: Placement) -> list[StartedTask]:
+        for value in placement.spec.env.values():
+            value.encode()  # what a spawn does: a lone surrogate raises UnicodeEncodeError
         self.starts.append(placement)
         self.codes[placement.job_id] = None
         return [
             StartedTask(t.index, None, "n1", {"job": placement.job_id}) for t in placement.tasks
         ]
+
+    async def find_started(
+        self, starts: Sequence[InterruptedStart]
+    ) -> list[list[StartedTask | None]]:
+        if self.cannot_tell:
+            raise TimeoutError("the cluster does not answer")
+        found: list[list[StartedTask | None]] = []
+        for start in starts:
+            job_id, left = start.placement.job_id, self.left.get(start.placement.job_id, [])
+            if any(left):
+                self.codes[job_id] = None
+            found.append(
+                [
+                    StartedTask(t.index, None, "n1", {"job": job_id})
+                    if t.index < len(left) and left[t.index]
+                    else None
+                    for t in start.placement.tasks
+                ]
+            )
+        return found
 
     async def poll(self, handles: Sequence[Handle]) -> list[TaskReport]:
         reports = []
@@ -186,3 +220,76 @@ async def test_no_gpu_is_handed_out_twice_across_ticks(world: Any) -> None:
     live = [p for p in executor.starts if executor.codes[p.job_id] is None]
     assert sorted(g for p in live for t in p.tasks for g in t.gpus) == [0, 1]
     assert len(executor.starts) == 3 and ids
+
+
+async def test_a_start_that_raises_fails_that_job_alone(world: Any) -> None:
+    """A value that makes one job's start raise (here a lone surrogate in its env, which the
+    API refuses at the edge, stored directly) fails that job only: the pass goes on."""
+    reconciler, executor, db, clock = world
+    first = await submit(db, "alice", clock)
+    bad_spec = JobSpec.model_construct(entrypoint="true", env={"BAD": "\ud800"})
+    new = new_job(owner="alice", submission_id="bad", pool="local", spec=bad_spec)
+    bad = (await db.write(lambda c: q.insert_new_job(c, new, clock.now))).id
+    last = await submit(db, "bob", clock)
+    await tick(reconciler)
+    assert sorted(p.job_id for p in executor.starts) == [first, last]
+    for job_id in (first, last):
+        assert (await load(db, job_id)).state is JobState.RUNNING
+    failed = await load(db, bad)
+    assert (failed.state, failed.reason) == (JobState.FAILED, "START_FAILED")
+    events = await db.read(lambda c: q.list_events(c, bad))
+    assert any("UnicodeEncodeError" in e.message for e in events), events
+    executor.finish(first, 0)
+    await tick(reconciler)
+    assert (await load(db, first)).state is JobState.SUCCEEDED
+
+
+async def _caught_mid_start(db: Database, clock: Clock, **spec: Any) -> int:
+    """A job as a kill -9 leaves it between the claim and the write of its handles."""
+    job_id = await submit(db, "alice", clock, **spec)
+
+    def claim(conn: Any) -> None:
+        for state in (JobState.SCHEDULED, JobState.STARTING):
+            q.transition(conn, job_id, q.Transition(state), clock.now)
+
+    await db.write(claim)
+    return job_id
+
+
+async def test_jobs_caught_mid_start_are_adopted_stopped_or_lost(world: Any) -> None:
+    reconciler, executor, db, clock = world
+    whole = await _caught_mid_start(db, clock)
+    partial = await _caught_mid_start(db, clock, replicas=2)
+    nothing = await _caught_mid_start(db, clock)
+    retried = await _caught_mid_start(db, clock, max_retries=1)
+    executor.left = {whole: [True], partial: [True, False]}
+    executor.cannot_tell = True
+    await reconciler.recover()
+    clock.now += 3600  # far past start_timeout_seconds: still held, not failed
+    await tick(reconciler)
+    for job_id in (whole, partial, nothing, retried):
+        assert (await load(db, job_id)).state is JobState.STARTING
+
+    executor.cannot_tell = False
+    await tick(reconciler)
+    adopted = await load(db, whole)
+    assert adopted.state is JobState.RUNNING and adopted.tasks[0].handle == {"job": whole}
+    lost = await load(db, nothing)
+    assert (lost.state, lost.reason) == (JobState.FAILED, "LOST")
+    assert lost.message == "server restarted while starting; the process was not found"
+    again = await load(db, retried)
+    assert (again.state, again.attempt) == (JobState.QUEUED, 1)
+    stopping = await load(db, partial)
+    assert (stopping.state, stopping.stop_reason) == (JobState.STOPPING, "LOST")
+    assert [t.state for t in stopping.tasks] == [TaskState.RUNNING, TaskState.LOST]
+    events = await db.read(lambda c: q.list_events(c, partial))
+    assert f"{stopping.tasks[1].name} not found: stopping" in events[-1].message
+
+    await tick(reconciler)  # the found task is stopped, and only then does the job end
+    ended = await load(db, partial)
+    assert (ended.state, ended.reason) == (JobState.FAILED, "LOST")
+    assert ended.message.startswith(f"{ended.tasks[1].name} was lost")
+    executor.finish(whole, 6)
+    await tick(reconciler)
+    done = await load(db, whole)
+    assert (done.state, done.exit_code) == (JobState.FAILED, 6)

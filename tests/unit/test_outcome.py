@@ -1,3 +1,5 @@
+from datetime import UTC, datetime
+
 from jobyard.model import JobState, Task, TaskState, TerminationReason
 from jobyard.scheduler.outcome import decide
 from tests.factories import exited, make_job, running
@@ -64,3 +66,17 @@ def test_stopping_job_whose_tasks_never_started_finishes() -> None:
     job.stop_reason = TerminationReason.STOPPED_BY_USER
     outcome = decide(job)
     assert outcome is not None and outcome.final is JobState.STOPPED
+
+
+def test_a_job_stopped_for_a_failed_task_ends_naming_the_task_that_failed_first() -> None:
+    early = datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
+    tasks = [
+        Task(index=0, name="w-0", state=TaskState.EXITED, exit_code=143),  # stopped for it
+        Task(index=1, name="w-1", state=TaskState.EXITED, exit_code=3, finished_at=early),
+        Task(index=2, name="w-2", state=TaskState.EXITED, exit_code=137),
+    ]
+    job = make_job(state=JobState.STOPPING, tasks=tasks, replicas=3)
+    job.stop_reason = TerminationReason.EXIT_NONZERO
+    outcome = decide(job)
+    assert outcome is not None
+    assert (outcome.final, outcome.message) == (JobState.FAILED, "w-1 exited with code 3")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from jobyard.model import Job, JobState, Task, TaskState, TerminationReason
@@ -62,7 +63,7 @@ def _finish(job: Job, failed: Task | None) -> Outcome:
             final=why.final_state(),
             termination=why,
             exit_code=code,
-            message=_stop_message(why, job),
+            message=_stop_message(why, job, failed),
         )
     if failed is None:
         return Outcome(
@@ -88,9 +89,23 @@ def _describe(task: Task) -> str:
     return f"exited with code {task.exit_code}"
 
 
-def _stop_message(why: TerminationReason, job: Job) -> str:
+def _stop_message(why: TerminationReason, job: Job, failed: Task | None) -> str:
     if why is TerminationReason.STOPPED_BY_USER:
         return "stopped by user"
     if why is TerminationReason.MAX_RUNTIME_EXCEEDED:
         return f"ran longer than max_runtime ({job.spec.max_runtime:g} s)"
+    cause = _first_to_fail(job.tasks) if failed is not None else None
+    if cause is not None:  # the task whose failure stopped the others
+        return f"{cause.name} {_describe(cause)}"
     return job.message or why.value
+
+
+def _first_to_fail(tasks: list[Task]) -> Task | None:
+    """The failed task that ended first: the others were stopped because of it (a task that
+    ended in this very pass has no finished_at yet, so counts as the latest)."""
+    failed = [t for t in tasks if t.state is TaskState.LOST or (t.exit_code or 0) != 0]
+    return min(
+        failed,
+        key=lambda t: t.finished_at.timestamp() if t.finished_at else math.inf,
+        default=None,
+    )

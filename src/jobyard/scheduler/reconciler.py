@@ -732,15 +732,18 @@ def _record_found(
         [(job.id, lost) for job, r in rest if job.state is JobState.STARTING and not r.tasks],
         now,
     )
-    stops = [
-        (job.id, TerminationReason.LOST, _missing_message(r))
-        for job, r in rest
-        if job.state is JobState.STARTING and r.tasks
-    ]
+    partial = [(job, r) for job, r in rest if job.state is JobState.STARTING and r.tasks]
+    missing = q.TaskUpdate(state=TaskState.LOST, finished_at=now)
+    q.update_tasks(conn, [(job.id, t.index, missing) for job, r in partial for t in _missing(r)])
+    stops = [(job.id, TerminationReason.LOST, _missing_message(r)) for job, r in partial]
     _begin_stops(conn, stops=stops, now=now)
 
 
-def _missing_message(found: _Started) -> str:
+def _missing(found: _Started) -> list[TaskPlacement]:
     have = {t.index for t in found.tasks}
-    missing = ", ".join(t.name for t in found.placement.tasks if t.index not in have)
-    return f"server restarted while starting; {missing} not found: stopping the other tasks"
+    return [t for t in found.placement.tasks if t.index not in have]
+
+
+def _missing_message(found: _Started) -> str:
+    names = ", ".join(t.name for t in _missing(found))
+    return f"server restarted while starting; {names} not found: stopping the other tasks"
