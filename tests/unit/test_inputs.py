@@ -175,3 +175,10 @@ def test_answers_with_a_lone_surrogate_still_leave_as_utf8() -> None:
     assert utf8("a\ud800b") == "a\ufffdb".encode()
     body = JSONResponse({"env": {"K": "\ud800"}, "n": 1}).body
     assert json.loads(bytes(body)) == {"env": {"K": "\ufffd"}, "n": 1}
+
+
+@pytest.mark.parametrize("value", [0, 1, "yes", "true", 1.0])
+def test_a_number_or_text_is_no_boolean(value: object) -> None:
+    with pytest.raises(ValidationError) as raised:
+        _Body.model_validate({"inner": {"flag": value}})
+    assert raised.value.errors()[0]["loc"] == ("inner", "flag")

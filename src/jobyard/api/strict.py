@@ -1,12 +1,13 @@
-"""Request models read no boolean as a number.
+"""Request models read no boolean as a number, and no number as a boolean.
 
 pydantic's lax mode takes `true` for 1 wherever an int or a float is expected, so
 `{"expires_in": true}` made a token that expired after a second, and `"replicas": true` ran one
-replica. A face's request model derives from RequestModel: before validation, a boolean given
-for a field that takes a number (and no boolean) is swapped for a marker no number validator
-accepts, so pydantic refuses it at its own place (`resources.gpus: Input should be a valid
-integer`), nested models, lists and maps included. Strings stay as lax as before: forms and
-query strings send numbers as text.
+replica; it also takes 0, 1 and "yes" for booleans. A face's request model derives from
+RequestModel: before validation, a boolean given for a field that takes a number (and no
+boolean), or a number or text given for a field that takes only a boolean, is swapped for a
+marker no validator of that type accepts, so pydantic refuses it at its own place
+(`resources.gpus: Input should be a valid integer`), nested models, lists and maps included.
+Numbers as text stay as lax as before: forms and query strings send them so.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, model_validator
 
-__all__ = ["NotANumber", "RequestModel", "mark_booleans"]
+__all__ = ["Mistyped", "RequestModel", "mark_booleans"]
 
 _NUMBERS = (int, float)
 _TAKES_BOOLEANS = (bool, Any, object)
 
 
-class NotANumber:
-    """Stands for a JSON boolean where a number is expected (no validator accepts it)."""
+class Mistyped:
+    """Stands for a boolean where a number is expected, or a number or text where a boolean
+    is: no validator of either type accepts it."""
 
-    def __init__(self, value: bool) -> None:
+    def __init__(self, value: object) -> None:
         self.value = value
 
     def __repr__(self) -> str:
-        return "true" if self.value else "false"
+        return repr(self.value)
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -44,13 +46,19 @@ def _members(annotation: Any) -> tuple[Any, ...]:
 
 def _is_number_only(members: tuple[Any, ...]) -> bool:
     numeric = any(isinstance(m, type) and issubclass(m, _NUMBERS) for m in members)
-    return numeric and not any(m in _TAKES_BOOLEANS or m is bool for m in members)
+    return numeric and not any(m in _TAKES_BOOLEANS for m in members)
+
+
+def _is_boolean_only(members: tuple[Any, ...]) -> bool:
+    return bool in members and all(m is bool or m is type(None) for m in members)
 
 
 def _mark(annotation: Any, value: Any) -> Any:
     members = _members(annotation)
     if isinstance(value, bool):
-        return NotANumber(value) if _is_number_only(members) else value
+        return Mistyped(value) if _is_number_only(members) else value
+    if isinstance(value, int | float | str):
+        return Mistyped(value) if _is_boolean_only(members) else value
     for member in members:
         marked = _mark_inside(member, value)
         if marked is not value:
@@ -72,8 +80,8 @@ def _mark_inside(member: Any, value: Any) -> Any:
 
 
 def mark_booleans(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with every boolean given for a number-only field of `model` swapped for a
-    NotANumber; `data` itself (not a copy) when there is none."""
+    """`data` with every boolean given for a number-only field of `model` (and every number or
+    text for a boolean-only one) swapped for a Mistyped; `data` itself when there is none."""
     changed: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         key = field.alias or name
