@@ -20,7 +20,7 @@ from tests.helpers import LiveServer, make_settings, running_server
 
 pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("JOBYARD_FUZZ_EXAMPLES", "8"))
-CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
+CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
 # Revoking the fuzzer's own token would end the run's authentication: tested elsewhere.
 EXCLUDE = ["--exclude-path-regex", r"^/api/v1/tokens/\{token_id\}$"]
 
