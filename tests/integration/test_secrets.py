@@ -158,8 +158,10 @@ def test_no_secret_reaches_logs_events_errors_or_other_users(server: ServerProce
     assert leaks == []
 
 
-CREDENTIAL_PARAMS = ("api_key", "apikey", "key", "token", "access_token", "password", "secret")
-CREDENTIAL_PARAMS += ("auth", "session", "client_secret")
+CREDENTIAL_PARAMS = (
+    *("api_key", "apikey", "key", "token", "access_token", "password", "secret"),
+    *("auth", "session", "client_secret"),
+)
 
 
 @pytest.fixture

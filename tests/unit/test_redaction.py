@@ -72,9 +72,9 @@ def _emit(logger: logging.Logger, *args: object, exc: bool = False) -> str:
             try:
                 raise RuntimeError(f"failed with token={OTHER}")
             except RuntimeError:
-                logger.exception(*args)  # type: ignore[arg-type]
+                logger.exception(*args)
         else:
-            logger.debug(*args)  # type: ignore[arg-type]
+            logger.debug(*args)
     finally:
         logger.removeHandler(handler)
     return stream.getvalue()
