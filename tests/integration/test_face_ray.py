@@ -1,4 +1,4 @@
-"""The Ray-compatible job API (seed 001) on its own listener, spoken to as raw HTTP/WebSocket:
+"""The Ray job API on its own listener, spoken to as raw HTTP/WebSocket:
 the exact shapes Ray's client relies on, and every kind of bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training-job API (seed 002) on the main port: every route against a real server."""
+"""The training-job API on the main port: every route against a real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The web terminal (seed 002): a real shell in the pod over a WebSocket, driven by a client."""
+"""The training-job API's web terminal: a real shell in the pod over a WebSocket."""
 
 from __future__ import annotations
 
