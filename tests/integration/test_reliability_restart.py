@@ -162,7 +162,7 @@ def _processes_by_job(root: str) -> dict[int, list[int]]:
     return found
 
 
-def _submit_all(server: ServerProcess, bodies: list[dict[str, object]]) -> dict[str, int]:
+def submit_all(server: ServerProcess, bodies: list[dict[str, object]]) -> dict[str, int]:
     """Submit concurrently; submission_id -> job id for those that got an answer."""
 
     def one(body: dict[str, object]) -> tuple[str, int | None]:
@@ -188,12 +188,14 @@ def _starting_unrecorded(db: sqlite3.Connection) -> int:
 
 
 @dataclass
-class _Killer:
-    """kill -9 the server the n-th time (1 to 5) the database shows jobs mid-start, or at a
-    random moment within 2 s if it never does; `caught` is how many were mid-start then."""
+class KillWhileStarting:
+    """kill -9 the server the n-th time (1 to `most_sightings`) the database, looked at
+    every 2 ms, shows jobs mid-start, or at a random moment within 2 s if it never does;
+    `caught` is how many were mid-start then."""
 
     server: ServerProcess
     rng: random.Random
+    most_sightings: int = 5
     caught: int = 0
 
     def __post_init__(self) -> None:
@@ -201,7 +203,7 @@ class _Killer:
         self._thread.start()
 
     def _watch(self) -> None:
-        sightings, seen = self.rng.randint(1, 5), 0
+        sightings, seen = self.rng.randint(1, self.most_sightings), 0
         deadline = time.monotonic() + self.rng.uniform(0.3, 2.0)
         db = sqlite3.connect(self.server.home / "jobyard.db", timeout=5)
         try:
@@ -218,7 +220,7 @@ class _Killer:
         self._thread.join()
 
 
-def _ran(home: Path, job_id: int) -> str:
+def log_on_disk(home: Path, job_id: int) -> str:
     """What the job's log file holds (read from disk: a job whose handle was never stored has
     no log through the API)."""
     return "".join(p.read_text() for p in sorted((home / "logs" / str(job_id)).glob("*.log")))
@@ -249,12 +251,12 @@ def test_kill_9_while_jobs_start_leaves_no_process_jobyard_does_not_track(
                 expected[sid] = code
                 command = f"echo up; sleep {TASK_SECONDS}; echo done; exit {code}"
                 bodies.append({"entrypoint": command, "submission_id": sid})
-            killer = _Killer(server, rng)
-            ids |= _submit_all(server, bodies)
+            killer = KillWhileStarting(server, rng)
+            ids |= submit_all(server, bodies)
             killer.join()
             caught += killer.caught
             server.start()
-            ids |= _submit_all(server, [b for b in bodies if b["submission_id"] not in ids])
+            ids |= submit_all(server, [b for b in bodies if b["submission_id"] not in ids])
             violations += _finished_with_processes(server, ids, root)
 
         def settled() -> bool:
@@ -266,7 +268,7 @@ def test_kill_9_while_jobs_start_leaves_no_process_jobyard_does_not_track(
         live = _processes_by_job(root)
     finally:
         server.stop()
-    logs = {sid: _ran(home, job) for sid, job in ids.items()}
+    logs = {sid: log_on_disk(home, job) for sid, job in ids.items()}
     lost = {sid for sid, job in jobs.items() if job["reason"] == "LOST"}
     ran = {sid for sid, text in logs.items() if text.startswith("up")}
     wrong = {

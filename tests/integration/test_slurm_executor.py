@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -18,11 +19,14 @@ import pytest
 from websockets.sync.client import connect
 
 from jobyard.errors import ExecutorRefused, ExecutorUnavailable
+from jobyard.executors.base import InterruptedStart
 from jobyard.executors.slurm.commands import Result
 from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, TaskState
 from tests.helpers import make_settings, running_server, wait_for
+from tests.integration.server_process import ServerProcess
 from tests.integration.slurm_support import (
+    CONF,
     SKIP_REASON,
     holding_the_cluster,
     node_filled,
@@ -30,6 +34,7 @@ from tests.integration.slurm_support import (
     slurm_settings,
 )
 from tests.integration.test_executor_contract import placement, run_in_pty, wait_report
+from tests.integration.test_reliability_restart import KillWhileStarting, log_on_disk, submit_all
 
 pytestmark = [
     pytest.mark.slurm,
@@ -366,3 +371,77 @@ def test_the_web_terminal_opens_a_shell_inside_the_allocation(home: Path) -> Non
             ws.send(b"\x00exit\r")
         assert http.post(f"/api/v1/jobs/{job['id']}/stop").status_code == 202
         server.wait_state(job["id"], "STOPPED", timeout=30)
+
+
+# ---- a start a crash interrupted: sbatch took the job, its id was never stored ---------------
+
+
+async def test_jobs_whose_slurm_ids_were_never_stored_are_found_and_adopted(home: Path) -> None:
+    """A new executor (as after a kill -9 between sbatch and the write of the ids) finds each
+    job by its name, or an array element by the arm of the array's script that writes its
+    log; a start that never reached sbatch is not found."""
+    settings = make_settings(home, executor="slurm", slurm=slurm_settings())
+    first = SlurmExecutor(settings)
+    since = time.time()
+    together = [placement(entrypoint=f"echo up; sleep 1; exit {i}") for i in range(3)]
+    pair = placement(entrypoint="echo up; exit 7", replicas=2)  # one Slurm job of its own
+    never = placement(entrypoint="true")
+    starts = [*together, pair]
+    started = await asyncio.gather(*(first.start(p) for p in starts))
+    await first.close()
+    second = SlurmExecutor(settings)
+    try:
+        found = await second.find_started([InterruptedStart(p, since) for p in [*starts, never]])
+        ids = [[t.handle["slurm_job_id"] if t else None for t in tasks] for tasks in found]
+        assert ids == [[t.handle["slurm_job_id"] for t in tasks] for tasks in started] + [[None]]
+        assert len({i[0].split("_")[0] for i in ids[:3] if i[0]}) == 1, ids  # one array
+        tasks = [t for tasks in found[:4] for t in tasks if t is not None]
+        codes = [(await wait_report(second, t.handle)).exit_code for t in tasks]
+        assert codes == [0, 1, 2, 7, 7]
+        assert [second.read_log(t.handle, 0, 100) for t in tasks] == [b"up\n"] * 5
+    finally:
+        await second.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kill_9_while_jobs_start_on_slurm_loses_no_job_that_slurm_took(tmp_path: Path) -> None:
+    """A real server on Slurm, killed while jobs are between sbatch and the write of their
+    ids, three times: after the restart every job Slurm ran has its real exit code and log, and no
+    Slurm job is left running for a job jobyard has finished."""
+    home = tmp_path / "home"
+    env = {"JOBYARD_EXECUTOR": "slurm", "JOBYARD_RECONCILE_MIN_GAP_SECONDS": "0.3"}
+    if CONF:
+        env["JOBYARD_SLURM__CONF"] = CONF
+    server = ServerProcess(home, tmp_path / "server.log", JOBYARD_LOG_LEVEL="warning", **env)
+    server.start()
+    rng, ids, expected, caught = random.Random(24), {}, {}, 0
+    try:
+        for round_ in range(3):
+            bodies: list[dict[str, object]] = []
+            for i in range(12):
+                sid, code = f"r{round_}-{i}", rng.choice((0, 3))
+                expected[sid] = code
+                bodies.append({"entrypoint": f"echo up; exit {code}", "submission_id": sid})
+            killer = KillWhileStarting(server, rng, most_sightings=20)  # sbatch takes longer
+            ids |= submit_all(server, bodies)
+            killer.join()
+            caught += killer.caught
+            server.start()
+            ids |= submit_all(server, [b for b in bodies if b["submission_id"] not in ids])
+        finished = ("SUCCEEDED", "FAILED", "STOPPED")
+        wait_for(lambda: all(server.job(j)["state"] in finished for j in ids.values()), 60, 0.3)
+        jobs = {sid: server.job(job) for sid, job in ids.items()}
+    finally:
+        server.stop()
+    live = [
+        line
+        for line in slurm("squeue", "-h", "-o", "%i|%T|%Z").splitlines()
+        if line.split("|")[-1].startswith(str(tmp_path))
+    ]
+    ran = {sid for sid, job in ids.items() if log_on_disk(home, job).startswith("up")}
+    wrong = {sid: jobs[sid] for sid in ran if jobs[sid]["exit_code"] != expected[sid]}
+    lost = {sid for sid, job in jobs.items() if job["reason"] == "LOST"}
+    print(f"\n{len(jobs)} jobs, {caught} mid-start at the kills, {len(lost)} LOST, {len(ran)} ran")
+    assert len(jobs) == 36 and live == []
+    assert wrong == {} and lost.isdisjoint(ran), (wrong, sorted(lost & ran))

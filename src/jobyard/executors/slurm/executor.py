@@ -9,7 +9,9 @@ supervisor's `.exit` file, else from `scontrol show job` or `sacct`. Stop is
 left after the cluster's KillWait).
 A terminal is `srun --jobid <id> --overlap --pty` into the running allocation. Handles carry
 the Slurm job id, so a restarted server reattaches by polling; a job Slurm no longer knows
-(and that left no exit code) is LOST.
+(and that left no exit code) is LOST. A job sbatch took but whose id a crash kept from being
+stored is found in squeue by its name, or by the arm of its array's script that writes its log
+(find_started).
 
 Why the CLI rather than slurmrestd: the tools work on every cluster where the server's user
 may submit, with the site's own auth (munge) and no JWT or REST deployment; slurmrestd's API
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import re
 import time
 from collections.abc import Sequence
@@ -36,6 +39,7 @@ from jobyard.executors.base import (
     Capacity,
     Executor,
     Handle,
+    InterruptedStart,
     ShellCommand,
     StartedTask,
     StartFailed,
@@ -47,6 +51,7 @@ from jobyard.executors.slurm.commands import Result, Tools
 from jobyard.executors.slurm.script import (
     ArrayMember,
     Submission,
+    array_logs,
     build_array_submission,
     build_submission,
     job_name,
@@ -62,6 +67,10 @@ _CAPACITY_TTL = 60.0
 _CANCEL_ATTEMPTS = 5  # scancel tries before a stop gives up (with a warning)
 _SIGNALLED = {"CANCELLED": 128 + 15, "TIMEOUT": 128 + 15, "OUT_OF_MEMORY": 128 + 9}
 _SLURM_ID = re.compile(r"\d+(_\d+)?")  # a job, or an element of a job array
+# Slurm's submit times are whole seconds: a job submitted this much before a start began is
+# still taken for it (an earlier attempt's job was submitted before that attempt ended).
+_SUBMIT_SLACK = 2.0
+_ARRAY_PREFIX = "jobyard-array-"
 
 
 @dataclass(frozen=True)
@@ -192,12 +201,19 @@ class SlurmExecutor(Executor):
             slurm_id, name = await self._submit_together(placement, files[0], cwd)
         else:
             slurm_id, name = await self._submit_alone(placement, files, cwd)
+        return self._started(placement, slurm_id, name, cwd)
+
+    def _started(
+        self, placement: Placement, slurm_id: str, name: str, cwd: Path
+    ) -> list[StartedTask]:
+        """The tasks of the Slurm job `slurm_id` (in Slurm's queue until squeue says otherwise)."""
+        files = self._task_files(placement)
         return [
             StartedTask(
                 index=task.index,
                 pid=None,
                 node=self._node,
-                waiting=True,  # in Slurm's queue until squeue says otherwise
+                waiting=True,
                 handle={
                     "slurm_job_id": slurm_id,
                     "name": name,
@@ -211,6 +227,13 @@ class SlurmExecutor(Executor):
             )
             for task, path in zip(placement.tasks, files, strict=True)
         ]
+
+    def _task_files(self, placement: Placement) -> list[Path]:
+        """Each task's path prefix (<logs>/<job id>/<task name>): .log, .exit, .node."""
+        return [self._logs_dir / str(placement.job_id) / task.name for task in placement.tasks]
+
+    def _cwd(self, spec: JobSpec, job_id: int) -> Path:
+        return Path(spec.working_dir) if spec.working_dir else self._jobs_dir / str(job_id)
 
     async def _submit_alone(
         self, placement: Placement, files: list[Path], cwd: Path
@@ -319,19 +342,17 @@ class SlurmExecutor(Executor):
             t.name != f"{tasks[0].name[:-1]}{t.index}" or t.index != i for i, t in enumerate(tasks)
         ):
             raise StartFailed("multi-worker task names must be <prefix><index>, from 0")
-        log_dir = self._logs_dir / str(placement.job_id)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        files = [log_dir / task.name for task in tasks]
+        files = self._task_files(placement)
+        files[0].parent.mkdir(parents=True, exist_ok=True)
         for path in files:
             for suffix in (".exit", ".node"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{path}{suffix}")
+        cwd = self._cwd(placement.spec, placement.job_id)
         if placement.spec.working_dir:
-            cwd = Path(placement.spec.working_dir)
             if not cwd.is_dir():
                 raise StartFailed(f"working_dir {str(cwd)!r} does not exist or is not a directory")
         else:
-            cwd = self._jobs_dir / str(placement.job_id)
             cwd.mkdir(parents=True, exist_ok=True)
         return files, cwd
 
@@ -344,6 +365,73 @@ class SlurmExecutor(Executor):
         if placement.spec.resources.gpus == 0:
             env["CUDA_VISIBLE_DEVICES"] = ""  # no GPUs asked for: see none
         return env
+
+    # ---- finding what a crash left ------------------------------------------------------------
+
+    async def find_started(
+        self, starts: Sequence[InterruptedStart]
+    ) -> list[list[StartedTask | None]]:
+        """The Slurm job of each interrupted start: among this user's jobs in squeue submitted
+        since that start began, the one named after it (a job alone), or the element of an
+        array whose arm writes its log (read from the array's script). Adopted as start()
+        would have returned it; where Slurm has forgotten it, a fresh exit file still says how
+        it ended. Raises ExecutorUnavailable when squeue does not answer."""
+        if not starts:
+            return []
+        earliest = min(start.since for start in starts) - _SUBMIT_SLACK
+        listed = [
+            job
+            for job in await self._listing()
+            if job.name.startswith("jobyard-") and job.submitted >= earliest
+        ]
+        owners = await self._owners(listed)
+        return [self._found(start, listed, owners) for start in starts]
+
+    async def _listing(self) -> list[parse.ListedJob]:
+        user = pwd.getpwuid(os.getuid()).pw_name
+        args = ["-h", "-r", "-t", "all", "-u", user, "-o", parse.LISTING_FORMAT]
+        result = await self._tools.run("squeue", args)
+        if not result.ok:
+            raise ExecutorUnavailable(f"cannot list the Slurm jobs (squeue: {result.error})")
+        return parse.parse_listing(result.stdout)
+
+    async def _owners(self, listed: list[parse.ListedJob]) -> dict[str, int]:
+        """Slurm id -> the jobyard job id an element of a listed array runs (its arm's log is
+        <logs>/<job id>/<task>.log); one `scontrol write batch_script` per array."""
+        arrays = sorted(
+            {j.job_id.split("_")[0] for j in listed if j.name.startswith(_ARRAY_PREFIX)}
+        )
+        owners: dict[str, int] = {}
+        for array in arrays:
+            result = await self._tools.run("scontrol", ["write", "batch_script", array, "-"])
+            for index, log_path in array_logs(result.stdout if result.ok else "").items():
+                if log_path.parent.parent == self._logs_dir and log_path.parent.name.isdigit():
+                    owners[f"{array}_{index}"] = int(log_path.parent.name)
+        return owners
+
+    def _found(
+        self, start: InterruptedStart, listed: list[parse.ListedJob], owners: dict[str, int]
+    ) -> list[StartedTask | None]:
+        placement = start.placement
+        name = job_name(placement.job_id, placement.display_id)
+        mine = [
+            job
+            for job in listed
+            if job.submitted >= start.since - _SUBMIT_SLACK
+            and (job.name == name or owners.get(job.job_id) == placement.job_id)
+        ]
+        cwd = self._cwd(placement.spec, placement.job_id)
+        if mine:
+            job = max(mine, key=lambda j: (j.submitted, _id_order(j.job_id)))
+            self._names[job.job_id] = job.name
+            return list(self._started(placement, job.job_id, job.name, cwd))
+        # Slurm forgot it (MinJobAge) before the restart: its exit file may still say how it ended
+        found: list[StartedTask | None] = []
+        for task in self._started(placement, "", name, cwd):
+            exit_file = str(task.handle["exit"])
+            fresh = _modified_since(exit_file, start.since - _SUBMIT_SLACK)
+            found.append(task if fresh else None)
+        return found
 
     # ---- poll ---------------------------------------------------------------------------------
 
@@ -576,6 +664,18 @@ def _ended(state: str, code: int | None) -> TaskReport:
     if not code:
         code = _SIGNALLED.get(state, 1)
     return TaskReport(TaskState.EXITED, code, message=f"the Slurm job {parse.meaning(state)}")
+
+
+def _id_order(slurm_id: str) -> tuple[int, int]:
+    job, _, element = slurm_id.partition("_")
+    return int(job) if job.isdigit() else 0, int(element) if element.isdigit() else 0
+
+
+def _modified_since(path: str, since: float) -> bool:
+    try:
+        return os.stat(path).st_mtime >= since
+    except OSError:
+        return False
 
 
 def _has_exit(handle: Handle) -> bool:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from jobyard.model.capacity import GpuInfo
 
 # squeue -o: a separator that never occurs in ids, states, reasons or node lists. %i is the id
 # jobyard holds (12, or 12_3 for an array's element); %A the element's own job id (srun wants it).
 SQUEUE_FORMAT = "%i|%T|%r|%N|%A|%j"
+
+# squeue -o for finding the jobs a crash left unrecorded: id, state, submit time, name (last: the
+# names of other programs' jobs may hold anything).
+LISTING_FORMAT = "%i|%T|%V|%j"
 
 # Slurm job states (squeue %T) by what they mean for jobyard's task.
 WAITING = frozenset(
@@ -57,6 +62,35 @@ def parse_squeue(text: str) -> dict[str, SlurmJob]:
             job_id, state, reason, nodes, own_id, name = parts
             jobs[job_id] = SlurmJob(job_id, state, reason, nodes, name, own_id or job_id)
     return jobs
+
+
+@dataclass(frozen=True)
+class ListedJob:
+    """One line of `squeue -o LISTING_FORMAT`."""
+
+    job_id: str
+    state: str
+    submitted: float  # seconds since the epoch (Slurm prints whole seconds, local time)
+    name: str
+
+
+def parse_listing(text: str) -> list[ListedJob]:
+    jobs = []
+    for line in text.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4 and parts[0]:
+            job_id, state, submitted, name = parts
+            jobs.append(
+                ListedJob(job_id, state.split()[0] if state else "", _epoch(submitted), name)
+            )
+    return jobs
+
+
+def _epoch(local_time: str) -> float:
+    try:
+        return datetime.fromisoformat(local_time).timestamp()
+    except ValueError:  # N/A, Unknown
+        return 0.0
 
 
 def parse_sacct(text: str) -> dict[str, tuple[str, str]]:

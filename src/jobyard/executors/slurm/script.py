@@ -13,6 +13,7 @@ filesystem.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -186,6 +187,20 @@ class ArrayMember:
             f'  cd {cwd} || {{ echo "jobyard: cannot enter "{cwd} >&2; exit 1; }}\n'
             f"  {self.launch} ;;\n"
         )
+
+
+_ARM = re.compile(r"^(\d+)\) exec >>(.+) 2>&1$", re.MULTILINE)
+
+
+def array_logs(script: str) -> dict[int, Path]:
+    """What `ArrayMember.branch` wrote, read back from an array's script (`scontrol write
+    batch_script`): array index -> the log of the job that index runs."""
+    found = {}
+    for match in _ARM.finditer(script):
+        words = shlex.split(match.group(2))
+        if len(words) == 1:
+            found[int(match.group(1))] = Path(words[0])
+    return found
 
 
 def build_array_submission(
