@@ -4,13 +4,15 @@ SQLite store. Pending reasons follow the situation; retries wait out their backo
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
+from sqlalchemy import Connection
 
 from jobyard.config import GpuSpec, QueueSpec, Settings
+from jobyard.errors import ExecutorUnavailable
 from jobyard.executors.base import (
     Capacity,
     Executor,
@@ -45,6 +47,7 @@ class ScriptedExecutor(Executor):
         for value in placement.spec.env.values():
             value.encode()  # what a spawn does: a lone surrogate raises UnicodeEncodeError
         self.starts.append(placement)
+        self.left[placement.job_id] = [True] * len(placement.tasks)  # its processes run
         self.codes[placement.job_id] = None
         return [
             StartedTask(t.index, None, "n1", {"job": placement.job_id}) for t in placement.tasks
@@ -104,6 +107,7 @@ class ScriptedExecutor(Executor):
 
 
 _SEQUENCE = itertools.count()
+T = TypeVar("T")
 
 
 class Clock:
@@ -293,3 +297,46 @@ async def test_jobs_caught_mid_start_are_adopted_stopped_or_lost(world: Any) -> 
     await tick(reconciler)
     done = await load(db, whole)
     assert (done.state, done.exit_code) == (JobState.FAILED, 6)
+
+
+class RefusingDatabase(Database):
+    """A store whose writes fail while `refusing` is set (as on a full disk)."""
+
+    refusing = False
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        if self.refusing:
+            raise ExecutorUnavailable("the disk holding jobyard's database is full")
+        return await super().write(fn)
+
+
+class StartThenRefuse(ScriptedExecutor):
+    def __init__(self, capacity: Capacity, db: RefusingDatabase) -> None:
+        super().__init__(capacity)
+        self._db = db
+
+    async def start(self, placement: Placement) -> list[StartedTask]:
+        started = await super().start(placement)
+        self._db.refusing = True  # the write that would store the handles fails
+        return started
+
+
+async def test_starts_whose_handles_could_not_be_stored_are_found_not_failed(
+    world: Any, tmp_path: Path
+) -> None:
+    _, scripted, db, clock = world
+    refusing = RefusingDatabase(db.url)
+    executor = StartThenRefuse(scripted.capacity(), refusing)
+    reconciler = Reconciler(refusing, executor, Settings(home=tmp_path), clock=clock)
+    reconciler.leading = True
+    job_id = await submit(db, "alice", clock)
+    with pytest.raises(ExecutorUnavailable):
+        await tick(reconciler)
+    assert (await load(db, job_id)).state is JobState.STARTING
+    refusing.refusing = False
+    clock.now += 3600  # past start_timeout_seconds: found again, not failed as stuck
+    await tick(reconciler)
+    job = await load(db, job_id)
+    assert job.state is JobState.RUNNING and job.tasks[0].handle == {"job": job_id}
+    assert len(executor.starts) == 1
+    refusing.close()

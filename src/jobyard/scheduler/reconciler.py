@@ -452,7 +452,8 @@ class Reconciler:
         if not placements:
             return
         attempts = {p.job_id: self._queued.pop(p.job_id).attempt for p in placements}
-        claimed = await self._db.write(partial(_claim, placements=placements, now=self._clock()))
+        claimed_at = self._clock()
+        claimed = await self._db.write(partial(_claim, placements=placements, now=claimed_at))
         started = await asyncio.gather(*(self._start(p) for p in placements if p.job_id in claimed))
         now = self._clock()
         retries = [
@@ -469,9 +470,15 @@ class Reconciler:
             for r in started
             if r.error is not None and r.placement.spec.max_retries > attempts[r.placement.job_id]
         ]
-        await self._db.write(
-            partial(_record_starts, started=started, retries=retries, now=self._clock())
-        )
+        try:
+            await self._db.write(
+                partial(_record_starts, started=started, retries=retries, now=self._clock())
+            )
+        except Exception:
+            # Started but not stored (a full disk, a lost database): the next passes find them
+            # as after a crash, rather than fail them later as stuck while they run.
+            self._interrupted |= {r.placement.job_id: claimed_at for r in started if not r.error}
+            raise
         self._queued_dirty |= {r.job_id for r in retries}
         if retries:
             self._queue_changed = True
