@@ -1,7 +1,8 @@
 """Crash-safe submission: 8 clients submit 1,000 jobs each, every one with its own
 submission_id, while the server is killed with kill -9 at random moments and restarted.
 Afterwards every job that got a 2xx exists exactly once, a retry with the same submission_id
-gets the same job, and SQLite's integrity check passes.
+gets the same job, every job that ran ends with its real outcome (SUCCEEDED: also those a kill
+caught mid-start), and SQLite's integrity check passes.
 
 The jobs are `true`: cheap to run, and a queue of 8,000 held jobs would cost the scheduler more
 than running them."""
@@ -75,7 +76,16 @@ def _all_jobs(server: ServerProcess) -> list[dict[str, object]]:
                 return jobs
 
 
-@pytest.mark.timeout(DEADLINE + 120)
+def _all_ended(server: ServerProcess) -> list[dict[str, object]] | None:
+    jobs = _all_jobs(server)
+    return jobs if all(j["state"] in ("SUCCEEDED", "FAILED", "STOPPED") for j in jobs) else None
+
+
+def _exit_file(home: Path, job: dict[str, object]) -> Path:
+    return home / "logs" / str(job["id"]) / f"{job['display_id']}-worker-0.exit"
+
+
+@pytest.mark.timeout(DEADLINE + 240)
 def test_kill_9_during_8000_submissions_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "home", tmp_path / "server.log", JOBYARD_LOG_LEVEL="warning")
     server.start()
@@ -117,9 +127,19 @@ def test_kill_9_during_8000_submissions_loses_and_duplicates_nothing(tmp_path: P
                 again = http.post("/api/v1/jobs", json=body)
                 assert (again.status_code, again.json()["id"]) == (200, acknowledged[sid]), sid
         assert len(_all_jobs(server)) == len(jobs)
+
+        # every job that ran (its supervisor wrote its exit file) ends with its real outcome,
+        # also those a kill caught mid-start; LOST is for jobs that never ran
+        ended = wait_for(lambda: _all_ended(server), timeout=120, interval=1)
+        ran = {int(str(j["id"])) for j in ended if _exit_file(server.home, j).exists()}
+        wrong = [j for j in ended if int(str(j["id"])) in ran and j["state"] != "SUCCEEDED"]
+        lost = [j for j in ended if j["reason"] == "LOST"]
+        assert wrong == [], wrong[:5]
+        assert all("not found" in str(j["message"]) for j in lost), lost[:5]
         print(
             f"\n{CLIENTS * JOBS_PER_CLIENT} jobs in {submitting:.1f} s with {kills} kill -9, "
-            f"{len(retried)} submissions retried after a lost answer"
+            f"{len(retried)} submissions retried after a lost answer; {len(ran)} ran, all "
+            f"SUCCEEDED; {len(lost)} LOST (never started)"
         )
     finally:
         for thread in threads:
