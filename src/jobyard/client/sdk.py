@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import codecs
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -71,30 +72,66 @@ class _Deadline:
         return min(poll, left)
 
 
+class _LogText:
+    """Log bytes as text (UTF-8, bad bytes replaced), and the byte offset in the log just after
+    the text given out so far: where to resume (`offset=`) once the stream is lost."""
+
+    def __init__(self, offset: int | None) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._start = offset
+        self._taken = 0
+
+    @property
+    def offset(self) -> int | None:
+        if self._start is None:
+            return None
+        return self._start + self._taken - len(self._decoder.getstate()[0])
+
+    def decode(self, chunk: bytes) -> str:
+        self._taken += len(chunk)
+        return self._decoder.decode(chunk)
+
+    def end(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
 # ---- sync -------------------------------------------------------------------------------------
 
 
 class LogStream(Iterator[str]):
     """Log text as the server sends it, until the task ends. Closes itself at the end; use it
-    as a context manager (or call close()) to stop following early."""
+    as a context manager (or call close()) to stop following early.
 
-    def __init__(self, response: httpx.Response, url: str) -> None:
+    `offset` is the log's byte offset after the text returned so far (None when following
+    began at a `tail`): follow_logs(..., offset=stream.offset) resumes a lost stream there."""
+
+    def __init__(self, response: httpx.Response, url: str, offset: int | None = 0) -> None:
         self._response = response
-        self._chunks = response.iter_text()
+        self._chunks = response.iter_bytes()
+        self._text = _LogText(offset)
         self._url = url
+
+    @property
+    def offset(self) -> int | None:
+        return self._text.offset
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> str:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            self.close()
-            raise
-        except httpx.TransportError as exc:
-            self.close()
-            raise ServerUnreachable(self._url, calls.transport_detail(exc)) from exc
+        text = ""
+        while not text:
+            try:
+                text = self._text.decode(next(self._chunks))
+            except StopIteration:
+                self.close()
+                if text := self._text.end():
+                    return text
+                raise
+            except httpx.TransportError as exc:
+                self.close()
+                raise ServerUnreachable(self._url, calls.transport_detail(exc)) from exc
+        return text
 
     def close(self) -> None:
         self._response.close()
@@ -164,11 +201,16 @@ class Client:
         return self._send(calls.read_logs(ref, task=task, tail=tail, offset=offset))
 
     def follow_logs(
-        self, ref: JobRef, task: str | int | None = None, tail: int | None = None
+        self,
+        ref: JobRef,
+        task: str | int | None = None,
+        tail: int | None = None,
+        offset: int | None = None,
     ) -> LogStream:
-        """Stream a task's output until it ends. Errors (e.g. no such job) raise here."""
+        """Stream a task's output until it ends, from the start, the last `tail` lines or byte
+        `offset`. Errors (e.g. no such job) raise here."""
         self._send(calls.check_logs(ref, task=task))
-        call = calls.read_logs(ref, task=task, tail=tail, follow=True)
+        call = calls.read_logs(ref, task=task, tail=tail, offset=offset, follow=True)
         request = self._http.build_request(
             call.method, call.path, params=call.params, timeout=calls.STREAM_TIMEOUT
         )
@@ -178,7 +220,7 @@ class Client:
                 with contextlib.closing(response):
                     response.read()
                 raise calls.api_error(response)
-        return LogStream(response, self.url)
+        return LogStream(response, self.url, None if tail is not None else offset or 0)
 
     def wait(self, ref: JobRef, timeout: float | None = None, poll: float = 0.2) -> Job:
         """Poll until the job is SUCCEEDED, FAILED or STOPPED; WaitTimeout after `timeout` s."""
@@ -261,23 +303,33 @@ class Client:
 class AsyncLogStream(AsyncIterator[str]):
     """The async LogStream: `async for`, and `async with` (or aclose()) to stop early."""
 
-    def __init__(self, response: httpx.Response, url: str) -> None:
+    def __init__(self, response: httpx.Response, url: str, offset: int | None = 0) -> None:
         self._response = response
-        self._chunks = response.aiter_text()
+        self._chunks = response.aiter_bytes()
+        self._text = _LogText(offset)
         self._url = url
+
+    @property
+    def offset(self) -> int | None:
+        return self._text.offset
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> str:
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            await self.aclose()
-            raise
-        except httpx.TransportError as exc:
-            await self.aclose()
-            raise ServerUnreachable(self._url, calls.transport_detail(exc)) from exc
+        text = ""
+        while not text:
+            try:
+                text = self._text.decode(await anext(self._chunks))
+            except StopAsyncIteration:
+                await self.aclose()
+                if text := self._text.end():
+                    return text
+                raise
+            except httpx.TransportError as exc:
+                await self.aclose()
+                raise ServerUnreachable(self._url, calls.transport_detail(exc)) from exc
+        return text
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -340,10 +392,14 @@ class AsyncClient:
         return await self._send(calls.read_logs(ref, task=task, tail=tail, offset=offset))
 
     async def follow_logs(
-        self, ref: JobRef, task: str | int | None = None, tail: int | None = None
+        self,
+        ref: JobRef,
+        task: str | int | None = None,
+        tail: int | None = None,
+        offset: int | None = None,
     ) -> AsyncLogStream:
         await self._send(calls.check_logs(ref, task=task))
-        call = calls.read_logs(ref, task=task, tail=tail, follow=True)
+        call = calls.read_logs(ref, task=task, tail=tail, offset=offset, follow=True)
         request = self._http.build_request(
             call.method, call.path, params=call.params, timeout=calls.STREAM_TIMEOUT
         )
@@ -355,7 +411,7 @@ class AsyncClient:
                 finally:
                     await response.aclose()
                 raise calls.api_error(response)
-        return AsyncLogStream(response, self.url)
+        return AsyncLogStream(response, self.url, None if tail is not None else offset or 0)
 
     async def wait(self, ref: JobRef, timeout: float | None = None, poll: float = 0.2) -> Job:
         deadline = _Deadline(timeout)
