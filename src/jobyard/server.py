@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import ipaddress
 import logging
 import os
 import socket
@@ -249,4 +250,25 @@ def serve(settings: Settings) -> None:
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
-    uvicorn.Server(config).run()
+    run_announced(uvicorn.Server(config), settings)
+
+
+def run_announced(server: uvicorn.Server, settings: Settings) -> None:
+    """Serve on a socket bound here, its URL (with the port bound, for port 0) in
+    $home/server.url (0600) while it listens, for the CLI to find (jobyard.client.discovery).
+    The file goes when run() returns or raises (Ctrl-C); uvicorn ends a SIGTERM by dying of
+    it, so then (and after a SIGKILL) it stays, and clients ignore it: the pid in server.lock
+    is gone. The next start replaces it."""
+    sock = listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_unspecified:  # bound to every address: reach it here
+        host = "::1" if ":" in host else "127.0.0.1"
+    path, tmp = settings.home / "server.url", settings.home / "server.url.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"http://[{host}]:{port}\n" if ":" in host else f"http://{host}:{port}\n")
+    os.replace(tmp, path)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        path.unlink(missing_ok=True)

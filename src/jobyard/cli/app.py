@@ -24,7 +24,10 @@ def _root(
     ctx: typer.Context,
     url: Annotated[
         str | None,
-        typer.Option(help="server URL (default: $JOBYARD_URL, else http://127.0.0.1:8000)"),
+        typer.Option(
+            help="server URL (default: $JOBYARD_URL, else http://127.0.0.1:$JOBYARD_PORT, else "
+            "the one in $JOBYARD_HOME/server.url, else http://127.0.0.1:8000)"
+        ),
     ] = None,
     token: Annotated[
         str | None,
