@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import enum
+import time
 from typing import Annotated
 
 import typer
+from rich.console import Group, RenderableType
+from rich.text import Text
 
 from jobyard.cli import render
+from jobyard.cli.follow import Follower
 from jobyard.cli.session import open_client
 from jobyard.client import Client, Job, JobState, ListFilters, Resources, SubmitOptions
 
 RefArg = Annotated[str, typer.Argument(help="job id, display id or submission id")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 ALL_PAGE_SIZE = 500  # the server's largest page
+
+
+class Output(enum.StrEnum):
+    TABLE = "table"
+    JSON = "json"
 
 
 # ---- arguments --------------------------------------------------------------------------------
@@ -67,10 +77,38 @@ def _summary(job: Job) -> str:
     return f"{line}: {job.message}" if job.message and job.state is not JobState.SUCCEEDED else line
 
 
-def _stream_logs(client: Client, ref: str | int, task: str | None, tail: int | None) -> None:
-    with client.follow_logs(ref, task=task, tail=tail) as stream:
-        for text in stream:
-            render.write_raw(text)
+def _fetch(
+    client: Client, filters: ListFilters, all_pages: bool
+) -> tuple[list[Job], int, str | None]:
+    """The jobs, how many match, and the cursor of the next page (None: no more)."""
+    if all_pages:
+        jobs = list(client.iter_jobs(**filters))
+        return jobs, len(jobs), None
+    page = client.list(**filters)
+    return page.items, page.total, page.next_cursor
+
+
+def _frame(client: Client, filters: ListFilters, all_pages: bool, interval: float) -> Group:
+    """One screen of `list --watch`: when and how often, the table, and how many are shown."""
+    jobs, total, _cursor = _fetch(client, filters, all_pages)
+    lines: list[RenderableType] = [
+        Text(f"every {interval:g}s: jobyard list   {render.clock()}", style="dim"),
+        render.jobs_table(jobs),
+    ]
+    if total > len(jobs):
+        lines.append(Text(f"showing {len(jobs)} of {total} jobs", style="dim"))
+    return Group(*lines)
+
+
+def _watch(client: Client, filters: ListFilters, all_pages: bool, interval: float) -> None:
+    """Redraw the listing every `interval` s until Ctrl-C, which ends it with status 130."""
+    try:
+        with render.redrawing() as draw:
+            while True:
+                draw(_frame(client, filters, all_pages, interval))
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -97,11 +135,18 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="stream the logs, then exit with the job's exit code")
     ] = False,
+    parsable: Annotated[
+        bool,
+        typer.Option(
+            "--parsable", "--quiet", "-q", help="print only the job id (with --wait: no notes)"
+        ),
+    ] = False,
 ) -> None:
     """Submit a job: `jobyard submit [OPTIONS] -- COMMAND [ARGS]...`.
 
     One argument containing spaces runs as a shell string (`-- "make && make test"`).
-    With --wait, stdout carries only the job's output (the first task's)."""
+    With --wait, stdout carries only the job's output (the first task's).
+    With --parsable (or -q), stdout is the job id alone, as sbatch --parsable prints it."""
     options: SubmitOptions = {
         "name": name,
         "env": _parse_pairs(env, "--env"),
@@ -116,13 +161,16 @@ def submit(
     }
     client = open_client(ctx)
     job = client.submit(_entrypoint_of(command), **options)
+    submitted = str(job.id) if parsable else f"submitted job {job.id} ({job.display_id})"
     if not wait:
-        print(f"submitted job {job.id} ({job.display_id})")
+        print(submitted)
         return
-    render.note(f"submitted job {job.id} ({job.display_id})")
-    _stream_logs(client, job.id, None, None)
+    if not parsable:
+        render.note(submitted)
+    Follower(client, job.id).run()
     done = client.wait(job.id)
-    render.note(_summary(done))
+    if not parsable:
+        render.note(_summary(done))
     raise typer.Exit(_exit_status(done))
 
 
@@ -138,8 +186,17 @@ def list_jobs(
     limit: Annotated[int, typer.Option(min=1, max=ALL_PAGE_SIZE, help="jobs to show")] = 50,
     all_pages: Annotated[bool, typer.Option("--all", help="page through every job")] = False,
     as_json: JsonOpt = False,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="json: the API's answer, as --json")
+    ] = Output.TABLE,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="redraw every --interval s until Ctrl-C")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="seconds between redraws of --watch")
+    ] = 2.0,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first. TIME is how long each has run, as squeue shows it."""
     filters: ListFilters = {
         "state": state,
         "queue": queue,
@@ -148,13 +205,13 @@ def list_jobs(
         "labels": _parse_label_filters(label),
         "limit": ALL_PAGE_SIZE if all_pages else limit,
     }
+    as_json = as_json or output is Output.JSON
+    if watch and as_json:
+        raise typer.BadParameter("--watch draws a table; not with JSON", param_hint="--watch")
     client = open_client(ctx)
-    if all_pages:
-        jobs = list(client.iter_jobs(**filters))
-        total, next_cursor = len(jobs), None
-    else:
-        page = client.list(**filters)
-        jobs, total, next_cursor = page.items, page.total, page.next_cursor
+    if watch:
+        return _watch(client, filters, all_pages, interval)
+    jobs, total, next_cursor = _fetch(client, filters, all_pages)
     if as_json:
         items = [job.model_dump(mode="json") for job in jobs]
         render.show_json({"items": items, "next_cursor": next_cursor, "total": total})
@@ -180,10 +237,11 @@ def logs(
     tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines")] = None,
     task: Annotated[str | None, typer.Option(help="task index or name (default: first)")] = None,
 ) -> None:
-    """A task's output, as written."""
+    """A task's output, as written. With -f, a lost connection (e.g. the server restarting)
+    is taken up again where it broke off, for up to a minute."""
     client = open_client(ctx)
     if follow:
-        _stream_logs(client, ref, task, tail)
+        Follower(client, ref, task).run(tail)
     else:
         render.write_raw(client.logs(ref, task=task, tail=tail))
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Console, RenderableType
+from rich.console import Console, JustifyMethod, RenderableType
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -27,9 +29,30 @@ _STATE_STYLES = {
 }
 
 
+def _console() -> Console:
+    # A Console per use: it looks up the current sys.stdout (and its width) each time.
+    return Console(highlight=False, soft_wrap=False)
+
+
 def show(*renderables: RenderableType) -> None:
-    # A Console per call: it looks up the current sys.stdout (and its width) each time.
-    Console(highlight=False, soft_wrap=False).print(*renderables)
+    _console().print(*renderables)
+
+
+@contextlib.contextmanager
+def redrawing() -> Iterator[Callable[[RenderableType], None]]:
+    """A function that draws a frame: over the last one on a terminal (Rich Live), else after
+    it with a blank line between, flushed, so that a pipe sees every frame as it comes."""
+    console = _console()
+    if not console.is_terminal:
+
+        def append(frame: RenderableType) -> None:
+            console.print(frame, "")
+            console.file.flush()
+
+        yield append
+        return
+    with Live(console=console, auto_refresh=False, redirect_stdout=False) as live:
+        yield lambda frame: live.update(frame, refresh=True)
 
 
 def show_json(data: Any) -> None:
@@ -55,6 +78,41 @@ def when(value: datetime | None) -> str:
     return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def clock() -> str:
+    return datetime.now().astimezone().strftime("%H:%M:%S")
+
+
+def ago(value: datetime, now: datetime) -> str:
+    """How long before `now`, in its largest unit: 5s ago, 3m ago, 2h ago, 4d ago."""
+    seconds = max(int((now - _aware(value)).total_seconds()), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def duration(seconds: float) -> str:
+    """squeue's TIME: M:SS, H:MM:SS, then D-HH:MM:SS."""
+    minutes, secs = divmod(max(int(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}-{hours:02}:{minutes:02}:{secs:02}"
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+def elapsed(job: Job, now: datetime) -> str:
+    """How long the job has run (ran, once it ended); 0:00 before it starts."""
+    if job.started_at is None:
+        return duration(0)
+    end = job.finished_at or (job.updated_at if job.is_terminal() else None) or now
+    return duration((_aware(end) - _aware(job.started_at)).total_seconds())
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _text(value: object) -> Text:
     # Text, not str: user data (names, messages) must never be read as Rich markup.
     return Text("" if value is None else str(value))
@@ -67,21 +125,49 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def jobs_table(jobs: Iterable[Job]) -> Table:
-    table = _table("ID", "DISPLAY", "NAME", "STATE", "QUEUE", "OWNER", "CREATED", "EXIT", "WAITING")
+# The job table's columns: (header, shrinks). Each row stays one line: where the terminal is
+# too narrow, the columns that shrink lose their ends (…) and the others keep their width.
+_JOB_COLUMNS = (
+    ("ID", False),
+    ("DISPLAY", False),
+    ("NAME", True),
+    ("STATE", False),
+    ("QUEUE", True),
+    ("OWNER", True),
+    ("CREATED", False),
+    ("TIME", False),
+    ("EXIT", False),
+    ("WAITING", True),
+)
+
+
+def jobs_table(jobs: Iterable[Job], now: datetime | None = None) -> Table:
+    """One line per job; CREATED is relative and TIME the run time (squeue's TIME)."""
+    now = now or datetime.now(UTC)
+    # One space between columns, as squeue: 80 columns leave the names room.
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold")
+    for header, shrinks in _JOB_COLUMNS:
+        justify: JustifyMethod = "right" if header in ("ID", "TIME", "EXIT") else "left"
+        table.add_column(header, no_wrap=not shrinks, overflow="ellipsis", justify=justify)
     for job in jobs:
         table.add_row(
             _text(job.id),
             _text(job.display_id),
-            _text(job.name),
+            _one_line(job.name),
             state(job.state),
-            _text(job.queue),
-            _text(job.owner),
-            _text(when(job.created_at)),
+            _one_line(job.queue),
+            _one_line(job.owner),
+            _text(ago(job.created_at, now)),
+            _text(elapsed(job, now)),
             _text(job.exit_code),
-            _text(waiting(job)),
+            _one_line(waiting(job)),
         )
     return table
+
+
+def _one_line(value: str) -> Text:
+    """A cell that is cut short (…) rather than wrapped when its column shrinks."""
+    return Text(value, no_wrap=True, overflow="ellipsis")
 
 
 def waiting(job: Job) -> str:
