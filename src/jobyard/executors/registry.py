@@ -12,6 +12,7 @@ from jobyard.executors.base import Executor
 BUILTIN: dict[str, str] = {
     "local": "jobyard.executors.local.executor:LocalExecutor",
     "slurm": "jobyard.executors.slurm.executor:SlurmExecutor",
+    "ray": "jobyard.executors.ray.executor:RayExecutor",
 }
 
 

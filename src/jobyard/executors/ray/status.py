@@ -1,0 +1,90 @@
+"""Pure readings of what Ray says: a job's state as a task report, its driver's output out of
+Ray's log, and the pool's capacity out of the cluster's nodes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jobyard.executors.base import Capacity, GpuInfo, TaskReport
+from jobyard.executors.ray.client import RayJob
+from jobyard.model import TaskState
+
+_TERM, _KILL = 128 + 15, 128 + 9
+_ACCELERATOR = "accelerator_type:"
+# A line of Ray's own log format (`2026-01-02 03:04:05,678\tINFO job_manager.py:581 -- ...`).
+_RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t[A-Z]+ \S+:\d+ -- ")
+_LINES = re.compile(r"(?<=\n)")
+
+
+def report_of(job: RayJob, *, killed: bool = False) -> TaskReport:
+    """Ray's PENDING/RUNNING/SUCCEEDED/FAILED/STOPPED as a task report, Ray's message with it.
+
+    Ray keeps no exit code for a STOPPED job: 128+9 if Ray's supervisor had to kill it
+    (`killed`, from its log), else 128+15 (it ended on the TERM). A FAILED job without a
+    driver exit code (its runtime environment could not be set up, its supervisor died) left
+    no exit code at all: LOST, with Ray's why."""
+    said = f"Ray: {job.message}" if job.message else ""
+    if job.status == "PENDING":
+        why = job.message or "waiting in the cluster"
+        pending = f"Ray job {job.submission_id} is pending: {why}"
+        return TaskReport(TaskState.PENDING, message=pending)
+    if job.status == "RUNNING":
+        return TaskReport(TaskState.RUNNING, message=said)
+    if job.status == "SUCCEEDED":
+        return TaskReport(TaskState.EXITED, job.exit_code or 0, message=said)
+    if job.status == "STOPPED":
+        return TaskReport(TaskState.EXITED, _KILL if killed else _TERM, message=said)
+    if job.exit_code is not None:
+        return TaskReport(TaskState.EXITED, job.exit_code, message=said)
+    kind = f" ({job.error_type})" if job.error_type else ""
+    return TaskReport(TaskState.LOST, message=f"the Ray job failed{kind}: {job.message}")
+
+
+def was_killed(supervisor_log: str) -> bool:
+    """Whether Ray's supervisor KILLed a stopped job (its TERM was not enough in time)."""
+    return "force-killed with SIGKILL" in supervisor_log
+
+
+def header(submission_id: str, entrypoint: str) -> str:
+    """The line Ray's supervisor writes into the job's log before the driver's output."""
+    return f"Running entrypoint for job {submission_id}: {entrypoint}\n"
+
+
+def driver_output(text: str, job: RayJob, *, final: bool) -> bytes:
+    """What the driver printed, out of Ray's log of the job, without Ray's own lines: the
+    runtime env set-up lines at the top (Ray's log format) and the entrypoint line, which Ray's
+    supervisor flushes only after it has started the driver, so the driver's first output may
+    come before it. Nothing until that line is there; while the job runs, only whole lines (a
+    character cut in two by a read would come back changed). A job that ended before its
+    driver started keeps Ray's lines: they say why."""
+    line = header(job.submission_id, job.entrypoint)
+    at = text.find(line)
+    if at < 0:
+        return text.encode() if final else b""
+    early = _LINES.split(text[:at])
+    while early and _RAY_LOG_LINE.match(early[0]):
+        early.pop(0)
+    body = "".join(early) + text[at + len(line) :]
+    if not final:
+        end = max(body.rfind("\n"), body.rfind("\r"))
+        body = body[: end + 1]
+    return body.encode()
+
+
+def capacity_of(nodes: list[dict[str, Any]], *, node: str, max_tasks: int) -> Capacity:
+    """The ALIVE nodes' total CPUs, memory (Ray's `memory` resource) and GPUs, whose model is
+    the node's `accelerator_type:<model>` resource (else "unknown"), numbered across nodes."""
+    alive = [n for n in nodes if n.get("state") == "ALIVE"]
+    cpus, memory, gpus = 0.0, 0, list[GpuInfo]()
+    for item in alive:
+        resources: dict[str, float] = item.get("resources_total") or {}
+        cpus += float(resources.get("CPU", 0))
+        memory += int(resources.get("memory", 0)) // 2**20
+        model = next(
+            (k.removeprefix(_ACCELERATOR) for k in resources if k.startswith(_ACCELERATOR)),
+            "unknown",
+        )
+        for _ in range(int(resources.get("GPU", 0))):
+            gpus.append(GpuInfo(index=len(gpus), model=model))
+    return Capacity(node=node, cpus=cpus, memory_mib=memory, gpus=gpus, max_tasks=max_tasks)
