@@ -1,9 +1,11 @@
 """The executor contract: the same tests, against every executor that runs jobs for real.
 
-Each test runs on the local executor (processes on this machine) and on the Slurm executor (a
-real single-machine Slurm, `.ci/slurm-setup.sh`; skipped with the reason where there is none).
-What only one executor does (process groups and reused pids, Slurm's gres, pending reasons and
-refusals) is tested in `test_local_executor.py` and `test_slurm_executor.py`.
+Each test runs on the local executor (processes on this machine), on the Slurm executor (a
+real single-machine Slurm, `.ci/slurm-setup.sh`; skipped with the reason where there is none)
+and on the Ray executor (a real Ray head the suite starts, `ray_support.py`). What only one
+executor does (process groups and reused pids, Slurm's gres, pending reasons and refusals,
+Ray's uploads and restarts) is tested in `test_local_executor.py`, `test_slurm_executor.py`
+and `test_ray_executor.py`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import itertools
 import os
 import pty
+import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,14 +23,21 @@ from typing import Any
 import psutil
 import pytest
 
-from jobyard.config import GpuSpec, Settings
+from jobyard.config import GpuSpec, RaySettings, Settings
 from jobyard.errors import ExecutorRefused
 from jobyard.executors.base import Executor, Handle, StartedTask, StartFailed, TaskReport
 from jobyard.executors.local.executor import LocalExecutor
+from jobyard.executors.registry import load_executor
 from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
 from tests.helpers import make_settings, wait_for
+from tests.integration.ray_support import (
+    SKIP_REASON as NO_RAY,
+    ray_head,  # noqa: F401 - the fixture
+    running_head,
+    stop_jobs_of,
+)
 from tests.integration.slurm_support import SKIP_REASON, holding_the_cluster, slurm_settings
 
 _numbers = itertools.count(1)
@@ -43,22 +53,33 @@ KINDS = [
             pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON)),
         ],
     ),
+    pytest.param("ray", id="ray", marks=pytest.mark.skipif(NO_RAY is not None, reason=str(NO_RAY))),
 ]
 
 
 def settings_for(kind: str, home: Path) -> Settings:
     if kind == "slurm":
         return make_settings(home, executor="slurm", slurm=slurm_settings())
+    if kind == "ray":  # Ray's own stop takes up to 2 s to see a TERMed job gone
+        ray = RaySettings(address=running_head().dashboard)
+        return make_settings(home, executor="ray", ray=ray, stop_grace_seconds=4)
     # a machine with GPUs, so that "no GPUs asked for" has something to hide
     return make_settings(home, gpus=[GpuSpec(index=i, model="test") for i in range(4)])
 
 
 def new_executor(kind: str, settings: Settings) -> Executor:
+    if kind == "ray":
+        return load_executor("ray", settings=settings)
     return SlurmExecutor(settings) if kind == "slurm" else LocalExecutor(settings)
 
 
 @pytest.fixture(params=KINDS)
 def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "ray":
+        head = request.getfixturevalue("ray_head")
+        yield request.param
+        stop_jobs_of(head, tmp_path / "home")  # what the test left running on the head
+        return
     if request.param != "slurm":
         yield request.param
         return
@@ -107,6 +128,19 @@ async def run_to_end(executor: Executor, **spec: Any) -> tuple[TaskReport, str]:
 
 def log_of(executor: Executor, task: StartedTask) -> str:
     return executor.read_log(task.handle, 0, 1 << 20).decode()
+
+
+def in_dir(kind: str, path: Path, script: str) -> dict[str, Any]:
+    """A shell script run in `path`: its working_dir, or where a working_dir is uploaded
+    elsewhere (Ray), a `cd` (the Ray head of the tests runs on this machine)."""
+    if kind == "ray":
+        return {"entrypoint": f"cd {shlex.quote(str(path))} || exit 1; {script}"}
+    return {"entrypoint": script, "working_dir": str(path)}
+
+
+def one_worker_only(executor: Executor, replicas: int) -> None:
+    if replicas > 1 and executor.kind == "ray":
+        pytest.skip("the Ray executor refuses multi-worker jobs (test_ray_executor.py)")
 
 
 def env_of(log: str) -> dict[str, str]:
@@ -177,6 +211,7 @@ async def test_the_job_keeps_its_own_values_of_names_a_supervisor_might_use(
 ) -> None:
     """The supervisors are shell scripts, and a shell exports every variable it was started
     with: one assigning its own `x` or `rc` would hand the task that value instead of the job's."""
+    one_worker_only(executor, replicas)
     names = ["x", "n", "t", "p", "i", "v", "rc", "k"]
     env = {name: f"job-{name}" for name in names}
     entrypoint = "echo " + " ".join(f'"${name}"' for name in names)
@@ -188,6 +223,7 @@ async def test_the_job_keeps_its_own_values_of_names_a_supervisor_might_use(
 
 
 async def test_every_worker_of_a_multi_worker_job_gets_its_rank(executor: Executor) -> None:
+    one_worker_only(executor, 2)
     p = placement(
         entrypoint='echo "$RANK $WORLD_SIZE $MASTER_ADDR:$MASTER_PORT $JOBYARD_TASK_NAME '
         '$NODE_RANK $LOCAL_RANK $NNODES $NPROC_PER_NODE"',
@@ -218,6 +254,13 @@ async def test_a_pipeline_ends_quietly_when_its_reader_leaves(executor: Executor
 async def test_cwd_is_working_dir_or_a_per_job_directory(
     executor: Executor, tmp_path: Path
 ) -> None:
+    if executor.kind == "ray":  # uploaded (Ray's package mechanism): the job runs in its copy
+        code = tmp_path / "code"
+        code.mkdir()
+        (code / "marker").write_text("here\n")
+        _, log = await run_to_end(executor, entrypoint="cat marker", working_dir=str(code))
+        assert log == "here\n"
+        return
     _, log = await run_to_end(executor, entrypoint="pwd", working_dir=str(tmp_path))
     assert log.strip() == str(tmp_path)
     _, log = await run_to_end(executor, entrypoint="pwd")
@@ -271,7 +314,8 @@ async def test_jobs_started_together_each_run_as_their_own(
     for (task,), job in zip(started, jobs, strict=True):
         report = await wait_report(executor, task.handle)
         job_id, *x, cwd = log_of(executor, task).rstrip("\n").split(" ")
-        assert cwd == (job.spec.working_dir or str(Path(cwd).parent / str(job.job_id)))
+        if executor.kind != "ray":  # Ray runs a working_dir's uploaded copy
+            assert cwd == (job.spec.working_dir or str(Path(cwd).parent / str(job.job_id)))
         outcomes.append((report.exit_code, int(job_id) - job.job_id, " ".join(x)))
     assert outcomes == [(3, 0, "a"), (0, 0, "b b"), (4, 0, "")]
 
@@ -320,10 +364,12 @@ async def test_stop_terminates_then_kills_after_the_grace_period(executor: Execu
     assert (await executor.poll([stubborn.handle]))[0].exit_code == 128 + 9
 
 
-async def test_stop_leaves_no_process_of_the_task(executor: Executor, tmp_path: Path) -> None:
+async def test_stop_leaves_no_process_of_the_task(
+    executor: Executor, kind: str, tmp_path: Path
+) -> None:
     script = "sleep 300 & a=$!; (sleep 300 & echo $! > inner.pid; wait) & b=$!; "
     script += 'echo "$a $b" > outer.pid; echo ready; wait'
-    (task,) = await executor.start(placement(entrypoint=script, working_dir=str(tmp_path)))
+    (task,) = await executor.start(placement(**in_dir(kind, tmp_path, script)))
     await wait_log(executor, task, "ready\n")
     wait_for(lambda: (tmp_path / "inner.pid").exists() and (tmp_path / "inner.pid").read_text())
     procs = processes_in(tmp_path / "outer.pid") + processes_in(tmp_path / "inner.pid")
@@ -334,11 +380,11 @@ async def test_stop_leaves_no_process_of_the_task(executor: Executor, tmp_path: 
 
 
 async def test_what_a_finished_task_left_running_is_ended(
-    executor: Executor, tmp_path: Path
+    executor: Executor, kind: str, tmp_path: Path
 ) -> None:
     # The task waits for `go` so that its child can be identified while it surely runs.
     entry = "sleep 300 & echo $! > child.pid; until [ -e go ]; do sleep 0.05; done; exit 0"
-    (task,) = await executor.start(placement(entrypoint=entry, working_dir=str(tmp_path)))
+    (task,) = await executor.start(placement(**in_dir(kind, tmp_path, entry)))
     wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text())
     procs = processes_in(tmp_path / "child.pid")
     assert not all_gone(procs)()
@@ -375,6 +421,8 @@ def run_in_pty(argv: list[str], env: dict[str, str], cwd: str, timeout: float = 
 async def test_a_shell_command_runs_in_the_task_and_only_while_it_runs(
     executor: Executor, tmp_path: Path
 ) -> None:
+    if "shell" not in executor.capabilities:
+        pytest.skip(f"the {executor.kind} executor opens no shell into a task")
     p = placement(
         entrypoint="echo ready; sleep 300", env={"MINE": "yes"}, working_dir=str(tmp_path)
     )
@@ -416,11 +464,10 @@ async def test_a_task_that_left_nothing_behind_is_lost_with_a_message(
     executor: Executor, kind: str, tmp_path: Path
 ) -> None:
     files = {"exit": str(tmp_path / "none.exit"), "log": str(tmp_path / "none.log")}
-    handle: Handle = (
-        {"slurm_job_id": "987654321", "task": 0, **files}
-        if kind == "slurm"
-        else {"pid": 2**22 - 3, "start_ticks": 1, **files}
-    )
+    handle: Handle = {
+        "slurm": {"slurm_job_id": "987654321", "task": 0, **files},
+        "ray": {"submission_id": f"jobyard-none-{os.getpid()}", "task": 0, **files},
+    }.get(kind, {"pid": 2**22 - 3, "start_ticks": 1, **files})
     (report,) = await executor.poll([handle])
     assert report.state is TaskState.LOST
     assert report.message
