@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -115,11 +115,18 @@ def build(settings: Settings) -> Runtime:
 
 
 class _Companion(uvicorn.Server):
-    """A listener served inside the main server's event loop: the main one handles signals."""
+    """A listener served inside the main server's event loop: the main one handles signals
+    and says, once, that the process started and finished."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.config.loaded:
+            self.config.load()
+        self.lifespan = self.config.lifespan_class(self.config)
+        await self.startup(sockets=sockets)
+        if not self.should_exit:
+            await self.main_loop()
+        if self.started:
+            await self.shutdown(sockets=sockets)
 
 
 @dataclass
@@ -159,7 +166,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def ray_listener(runtime: Runtime, sock: socket.socket) -> Listener:
-    """The Ray-compatible job API (seed 001) over the same services, on its own socket."""
+    """The Ray job API over the same services, on its own socket."""
     settings = runtime.settings
     runtime_env = RuntimeEnvService(
         settings.home / "runtime_env", max_package_bytes=settings.max_package_bytes
@@ -175,20 +182,26 @@ def ray_listener(runtime: Runtime, sock: socket.socket) -> Listener:
     return Listener(_Companion(config), sock)
 
 
-def _ray_listeners(runtime: Runtime) -> list[Listener]:
-    """The Ray listener unless ray_port is 0. If the default port is taken (a Ray dashboard
-    runs here), jobyard starts without it; a port asked for must be had."""
-    settings = runtime.settings
+def _ray_sockets(settings: Settings) -> list[socket.socket]:
+    """The Ray listener's socket unless ray_port is 0. If the default port is taken (a Ray
+    dashboard runs here), jobyard starts without it; a port asked for must be had."""
     if not settings.ray_port:
         return []
     try:
-        sock = listen(settings.host, settings.ray_port)
+        return [listen(settings.host, settings.ray_port)]
     except Conflict as exc:
         if "ray_port" in settings.model_fields_set:
             raise Conflict(f"Ray job API: {exc.message}") from None
         log.warning("%s: the Ray job API is off (choose another with --ray-port)", exc.message)
         return []
-    return [ray_listener(runtime, sock)]
+
+
+def url_of(sock: socket.socket) -> str:
+    """The URL that reaches a listening socket from this machine (a wildcard: loopback)."""
+    host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> FastAPI:
@@ -226,47 +239,42 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The ports first: a server refused for a busy port leaves nothing on disk.
+    sock = listen(settings.host, settings.port)
+    ray_socks = _ray_sockets(settings)
     runtime = build(settings)
-    listeners = _ray_listeners(runtime)
+    listeners = [ray_listener(runtime, ray_sock) for ray_sock in ray_socks]
     app = create_server_app(runtime, listeners)
     # Long-lived objects (modules, models, engines) never need the cyclic collector again:
     # freezing them keeps full collections from pausing requests for tens of milliseconds.
     gc.collect()
     gc.freeze()
     log.info(
-        "jobyard on http://%s:%d (data in %s; admin token in %s)",
-        settings.host,
-        settings.port,
+        "jobyard on %s (data in %s; admin token in %s)",
+        url_of(sock),
         settings.home,
         settings.admin_token_path,
     )
-    for listener in listeners:
-        log.info("Ray job API on http://%s:%d", settings.host, listener.port)
+    for ray_sock in ray_socks:
+        log.info("Ray job API on %s", url_of(ray_sock))
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
-    run_announced(uvicorn.Server(config), settings)
+    run_announced(uvicorn.Server(config), settings, sock)
 
 
-def run_announced(server: uvicorn.Server, settings: Settings) -> None:
-    """Serve on a socket bound here, its URL (with the port bound, for port 0) in
-    $home/server.url (0600) while it listens, for the CLI to find (jobyard.client.discovery).
-    The file goes when run() returns or raises (Ctrl-C); uvicorn ends a SIGTERM by dying of
-    it, so then (and after a SIGKILL) it stays, and clients ignore it: the pid in server.lock
-    is gone. The next start replaces it."""
-    sock = listen(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
-    if ipaddress.ip_address(host).is_unspecified:  # bound to every address: reach it here
-        host = "::1" if ":" in host else "127.0.0.1"
+def run_announced(server: uvicorn.Server, settings: Settings, sock: socket.socket) -> None:
+    """Serve on `sock`, its URL in $home/server.url (0600) while it listens, for the CLI to
+    find (jobyard.client.discovery). The file goes when run() returns or raises (Ctrl-C);
+    uvicorn ends a SIGTERM by dying of it, so then (and after a SIGKILL) it stays, and clients
+    ignore it: the pid in server.lock is gone. The next start replaces it."""
     path, tmp = settings.home / "server.url", settings.home / "server.url.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"http://[{host}]:{port}\n" if ":" in host else f"http://{host}:{port}\n")
+        f.write(url_of(sock) + "\n")
     os.replace(tmp, path)
     try:
         server.run(sockets=[sock])

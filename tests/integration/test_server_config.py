@@ -89,3 +89,33 @@ def test_a_second_server_on_the_same_data_directory_is_refused(tmp_path: Path) -
         assert "another jobyard server" in result.stderr and "Traceback" not in result.stderr
         with first.client() as http:  # the first one is unharmed
             assert http.get("/api/v1/whoami").status_code == 200
+
+
+def test_a_server_refused_for_a_busy_port_creates_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        home = tmp_path / "home"
+        result = run_server({}, "--home", str(home), "--port", str(port), "--ray-port", "0")
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not home.exists()  # no data directory, database or token before the port is had
+
+
+def test_the_startup_log_names_each_listener_once(tmp_path: Path) -> None:
+    port, ray_port = free_port(), free_port()
+    command = [sys.executable, "-m", "jobyard", "server", "--home", str(tmp_path / "home")]
+    command += ["--port", str(port), "--ray-port", str(ray_port)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "home" / "server.url").exists(), timeout=20)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/health").is_success, 20)
+    finally:
+        process.send_signal(2)  # Ctrl-C: a clean shutdown
+        _out, log = process.communicate(timeout=30)
+    assert log.count(f"http://127.0.0.1:{port}") == 1, log
+    assert log.count(f"http://127.0.0.1:{ray_port}") == 1, log
+    assert log.count("Started server process") == 1, log
+    assert log.count("Finished server process") == 1, log
