@@ -22,6 +22,11 @@ def test_a_job_keeps_running_across_a_restart_and_its_exit_code_is_kept(home: Pa
         done = second.wait_state(job["id"], "FAILED", "SUCCEEDED")
         assert (done["state"], done["exit_code"], done["reason"]) == ("FAILED", 5, "EXIT_NONZERO")
         assert http.get(f"/api/v1/jobs/{job['id']}/logs").text == "done\n"
+        events = http.get(f"/api/v1/jobs/{job['id']}/events").json()["items"]
+    reasons = [e["reason"] for e in events]
+    assert reasons.count("Reattached") == 1, reasons  # one restart, one event
+    assert reasons.index("Started") < reasons.index("Reattached") < reasons.index("Failed")
+    assert running["tasks"][0]["name"] in events[reasons.index("Reattached")]["message"]
 
 
 def test_a_job_stopped_after_a_restart_leaves_no_process(home: Path) -> None:

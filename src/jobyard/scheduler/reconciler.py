@@ -161,6 +161,7 @@ class Reconciler:
             ids = q.ids_in_states(conn, [JobState.SCHEDULED])
             q.transition_many(conn, [(job_id, back) for job_id in ids], self._clock())
             caught = q.ids_in_states(conn, [JobState.STARTING, JobState.STOPPING])
+            _record_reattached(conn, self._clock())
             return {
                 job.id: _starting_since(job)
                 for job in q.load_jobs(conn, caught, with_log=True)
@@ -565,6 +566,17 @@ class Reconciler:
         except Exception as exc:
             log.exception("the executor failed to start job %d", placement.job_id)
             return _Started(placement, [], f"the executor failed to start the job: {exc!r}")
+
+
+def _record_reattached(conn: Connection, now: float) -> None:
+    """A Reattached event on each job whose tasks were all recorded before the restart: the
+    executor's handles find them again (their exit codes, if they ended meanwhile)."""
+    live = q.ids_in_states(conn, [JobState.STARTING, JobState.RUNNING, JobState.STOPPING])
+    for job in q.load_jobs(conn, live, with_log=False):
+        if job.tasks and all(t.handle is not None for t in job.tasks):
+            names = ", ".join(t.name for t in job.tasks)
+            message = f"server restarted; watching its tasks again ({names})"
+            q.add_event(conn, job.id, EventType.NORMAL, "Reattached", message, now)
 
 
 def _starting_since(job: Job) -> float:
