@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -322,16 +323,26 @@ def test_delete_refuses_live_jobs_unless_forced(live_server: LiveServer, api: ht
     )
 
 
-def test_delete_of_a_finished_job_removes_its_logs(
-    live_server: LiveServer, api: httpx.Client
+def test_delete_of_a_finished_job_removes_its_logs_and_directory(
+    live_server: LiveServer, api: httpx.Client, tmp_path: Path
 ) -> None:
-    job = submit(api, entrypoint="echo bye")
+    job = submit(api, entrypoint="echo bye; mkdir -p out; echo 1 > out/result")
     live_server.wait_state(job["id"], "SUCCEEDED")
     log_dir = live_server.settings.logs_dir / str(job["id"])
+    job_dir = live_server.settings.jobs_dir / str(job["id"])
     assert any(log_dir.iterdir())
+    assert (job_dir / "out" / "result").read_text() == "1\n"
     assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
     assert not log_dir.exists()
+    assert not job_dir.exists()
     assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 404
+    # a working directory the spec named is the user's: deleting the job leaves it
+    own = tmp_path / "mine"
+    own.mkdir()
+    theirs = submit(api, entrypoint="echo kept > here", working_dir=str(own))
+    live_server.wait_state(theirs["id"], "SUCCEEDED")
+    assert api.delete(f"/api/v1/jobs/{theirs['id']}").status_code == 204
+    assert (own / "here").read_text() == "kept\n"
 
 
 # ---- logs -----------------------------------------------------------------------------------

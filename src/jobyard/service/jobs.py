@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -585,3 +587,6 @@ class JobService:
                 self._executor.release(task.handle, remove_files=True)
         await self._db.write(lambda c: q.delete_job(c, job.id))
         self._wake(job.id)
+        # The directory jobyard made for the job (its working directory unless the spec named
+        # one): deleted with it, as Kubernetes deletes a pod's emptyDir. A symlink is left.
+        await asyncio.to_thread(shutil.rmtree, self._settings.jobs_dir / str(job.id), True)
