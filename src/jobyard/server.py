@@ -84,16 +84,17 @@ def build(settings: Settings) -> Runtime:
     """Wire everything. Runs migrations and writes the admin token before any request."""
     prepare_home(settings)
     home_lock = lock_home(settings)
+    metrics = Metrics()
     try:
         url = settings.effective_database_url
         migrate(url)
-        db = Database(url)
+        db = Database(url, on_commit=metrics.store_commit.observe)
     except BaseException:
         os.close(home_lock)
         raise
     try:
         executor = load_executor(settings.executor, settings=settings)
-        reconciler = Reconciler(db, executor, settings)
+        reconciler = Reconciler(db, executor, settings, metrics=metrics)
         auth = AuthService(db)
         auth.bootstrap_admin(settings.admin_token_path)
     except BaseException:
@@ -101,12 +102,16 @@ def build(settings: Settings) -> Runtime:
         os.close(home_lock)
         raise
     jobs = JobService(
-        db, executor, settings, wake=reconciler.wake, positions=reconciler.queue_position
+        db,
+        executor,
+        settings,
+        wake=reconciler.wake,
+        positions=reconciler.queue_position,
+        on_submitted=metrics.submitted.inc,
     )
     logs = LogService(jobs, executor, max_read=settings.max_log_read_bytes)
     access = AccessService(db, jobs, settings)
     gateway = Gateway(access, settings)
-    metrics = Metrics()
     metrics.add_source(figures.job_counts(db, jobs))
     metrics.add_source(figures.pool_figures(jobs))
     return Runtime(

@@ -62,6 +62,14 @@ def test_jobs_requests_and_pools_are_counted(live_server: LiveServer, api: httpx
     assert value(after, "jobyard_pool_memory_bytes") == 16384 * 2**20
     assert value(after, "jobyard_pool_gpus") == 0
     assert value(after, "jobyard_running_tasks") == 0
+    # what happened, counted as it happened
+    assert value(after, "jobyard_jobs_submitted_total") == 3
+    assert value(after, "jobyard_submit_to_running_seconds_count") == 3
+    assert value(after, "jobyard_queue_wait_seconds_count") == 3
+    assert 0 < value(after, "jobyard_submit_to_running_seconds_sum") < 30
+    assert value(after, "jobyard_scheduling_pass_seconds_count") >= 1
+    assert value(after, "jobyard_store_commit_seconds_count") >= 3
+    assert value(after, "jobyard_reconciler_errors_total") == 0
 
 
 def test_a_path_no_route_matched_is_one_series(live_server: LiveServer, api: httpx.Client) -> None:

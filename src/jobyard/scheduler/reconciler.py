@@ -27,6 +27,7 @@ from sqlalchemy import Connection
 from jobyard.config import Settings
 from jobyard.errors import JobyardError
 from jobyard.executors.base import Executor, InterruptedStart, StartedTask
+from jobyard.metrics import Metrics
 from jobyard.model import (
     EventType,
     Job,
@@ -66,8 +67,10 @@ class Reconciler:
         executor: Executor,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or Metrics()
         self._executor = executor
         self._settings = settings
         self._clock = clock
@@ -139,8 +142,10 @@ class Reconciler:
             self._wake.clear()
             started = time.monotonic()
             try:
-                await self.tick()
+                with self._metrics.scheduling_pass.time():
+                    await self.tick()
             except Exception:
+                self._metrics.reconciler_errors.inc()
                 log.exception("reconciler pass failed; retrying")
                 self._next_full_reload = 0.0
                 await asyncio.sleep(interval)
@@ -289,6 +294,8 @@ class Reconciler:
         for job in began:
             job.state = JobState.RUNNING  # as written below, before any outcome of the same pass
             waiting.pop(job.id, None)
+            if job.attempt == 0:
+                self._metrics.submit_to_running.observe(max(0.0, now - job.created_at.timestamp()))
         pending = [
             (job_id, PendingReason.EXECUTOR, message)
             for job_id, message in waiting.items()
@@ -452,7 +459,8 @@ class Reconciler:
         placements = result.placements
         if not placements:
             return
-        attempts = {p.job_id: self._queued.pop(p.job_id).attempt for p in placements}
+        taken = {p.job_id: self._queued.pop(p.job_id) for p in placements}
+        attempts = {job_id: candidate.attempt for job_id, candidate in taken.items()}
         claimed_at = self._clock()
         claimed = await self._db.write(partial(_claim, placements=placements, now=claimed_at))
         started = await asyncio.gather(*(self._start(p) for p in placements if p.job_id in claimed))
@@ -480,6 +488,7 @@ class Reconciler:
             # as after a crash, rather than fail them later as stuck while they run.
             self._interrupted |= {r.placement.job_id: claimed_at for r in started if not r.error}
             raise
+        self._count_starts(started, taken, now)
         self._queued_dirty |= {r.job_id for r in retries}
         if retries:
             self._queue_changed = True
@@ -489,6 +498,19 @@ class Reconciler:
                 for task in result_.tasks:
                     await self._executor.stop(task.handle, grace=0)
                     self._executor.release(task.handle, remove_files=True)
+
+    def _count_starts(
+        self, started: Sequence[_Started], taken: dict[int, Candidate], now: float
+    ) -> None:
+        """Queue wait for each start; submit->RUNNING for first attempts that run at once
+        (tasks an executor queues are counted when a poll sees them run)."""
+        for result in started:
+            if result.error is not None:
+                continue
+            candidate = taken[result.placement.job_id]
+            self._metrics.queue_wait.observe(max(0.0, now - candidate.waiting_since))
+            if candidate.attempt == 0 and not any(t.waiting for t in result.tasks):
+                self._metrics.submit_to_running.observe(max(0.0, now - candidate.waiting_since))
 
     async def _refresh_queued(self) -> None:
         full, self._queued_full = self._queued_full, False

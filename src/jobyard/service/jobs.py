@@ -194,8 +194,10 @@ class JobService:
         wake: Callable[[int | None], None],
         clock: Callable[[], float] = time.time,
         positions: Callable[[int], int | None] | None = None,
+        on_submitted: Callable[[], None] | None = None,
     ) -> None:
         self._positions = positions
+        self._on_submitted = on_submitted or (lambda: None)
         self._db = db
         self._finished = q.FinishedJobs()  # pages of finished jobs, read once
         self._executor = executor
@@ -333,6 +335,7 @@ class JobService:
         outcome = await self._write_once(new, secrets)
         if isinstance(outcome, Job):
             self._wake(None)
+            self._on_submitted()
             return Submitted(outcome, created=True)
         return Submitted(await self._load(outcome), created=False)
 

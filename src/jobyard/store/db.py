@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,8 +87,11 @@ _LEADER_KEY = int.from_bytes(b"jobyard", "big")
 class Database:
     """The store's entry point. Build one per server (no module-level engine)."""
 
-    def __init__(self, url: str, *, readers: int = 4) -> None:
+    def __init__(
+        self, url: str, *, readers: int = 4, on_commit: Callable[[float], None] | None = None
+    ) -> None:
         self.url = url
+        self._on_commit = on_commit or (lambda _seconds: None)  # a batch's transaction, timed
         self.is_sqlite = _is_sqlite(url)
         self._writer, self._reader = make_engines(url)
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, "jobyard-db-read")
@@ -175,6 +179,7 @@ class Database:
         """Fast path: the whole batch in one transaction. If any write raises, roll back and
         run them again each in its own savepoint, so only that write fails (writes are pure
         functions of their arguments and the database, so running one again is safe)."""
+        started = time.perf_counter()
         try:
             with self._writer.connect() as conn, conn.begin():
                 values = [fn(conn) for fn, _future in batch]
@@ -184,6 +189,7 @@ class Database:
             else:
                 self._run_apart(batch)
             return
+        self._on_commit(time.perf_counter() - started)  # committed: never part of the try
         for (_fn, future), value in zip(batch, values, strict=True):
             future.set_result(value)
 
