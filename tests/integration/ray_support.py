@@ -11,6 +11,7 @@ head needs ray[default], which the test extra installs).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import importlib.util
@@ -21,10 +22,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -222,9 +225,9 @@ def shared_head() -> Iterator[RayHead]:
 _running: list[RayHead] = []
 
 
-@pytest.fixture(scope="session")
-def ray_head() -> Iterator[RayHead]:
-    """The shared head, for the whole session (import this fixture into a test module)."""
+@pytest.fixture(scope="session", name="ray_head")
+def ray_head_fixture() -> Iterator[RayHead]:
+    """`ray_head`: the shared head, for the whole session (a test module imports this)."""
     if SKIP_REASON is not None:
         pytest.skip(SKIP_REASON)
     with shared_head() as head:
@@ -254,3 +257,68 @@ def stop_jobs_of(head: RayHead, home: Path) -> None:
         if instance.endswith(mine) and not job.status.is_terminal() and job.submission_id:
             with contextlib.suppress(RuntimeError):
                 client.stop_job(job.submission_id)
+
+
+class Gate:
+    """A TCP door in front of the head's Job API, on a port of its own: shut, the cluster
+    does not answer there (connections refused); open, it forwards to the dashboard. What a
+    head that is down and then back looks like to jobyard, without restarting Ray."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.removeprefix("http://").partition(":")
+        self._target = (host, int(port))
+        self.port = _free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def open(self) -> None:
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._connect, "127.0.0.1", self.port)
+
+        self._run(serve())
+
+    def shut(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+            for pipe in list(self._pipes):
+                pipe.cancel()
+
+        self._run(close())
+
+    def close(self) -> None:
+        self.shut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        for pipe in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
+            task = asyncio.ensure_future(pipe)
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()

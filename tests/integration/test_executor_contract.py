@@ -34,7 +34,7 @@ from jobyard.model.job import TaskPlacement
 from tests.helpers import make_settings, wait_for
 from tests.integration.ray_support import (
     SKIP_REASON as NO_RAY,
-    ray_head,  # noqa: F401 - the fixture
+    ray_head_fixture,  # noqa: F401 - the ray_head fixture
     running_head,
     stop_jobs_of,
 )

@@ -111,7 +111,8 @@ class RayExecutor(Executor):
             raise ExecutorUnavailable(f"the Ray cluster at {self._client.where} has no live node")
         if capacity != getattr(self, "_capacity", None):
             with contextlib.suppress(OSError):
-                self._saved_capacity.write_text(capacity.model_dump_json())
+                self._saved_capacity.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(self._saved_capacity, capacity.model_dump_json())
         return capacity
 
     def _load_capacity(self) -> Capacity | None:

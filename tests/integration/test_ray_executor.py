@@ -1,0 +1,438 @@
+"""The Ray executor against a real Ray head (`ray_support.py`), beyond the executor contract:
+a driver that joins the cluster, Ray's states, logs kept after Ray forgets a job, a lost start
+taken over, a head that does not answer, capacity from the cluster, and every face.
+
+The mapping functions (placement to submission, Ray's word to a report) are checked first,
+without a head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.ray_support import SKIP_REASON
+
+if SKIP_REASON is not None:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
+
+from ray.job_submission import JobSubmissionClient
+
+from jobyard.config import RaySettings, Settings
+from jobyard.errors import ExecutorRefused
+from jobyard.executors.base import Handle, TaskReport
+from jobyard.executors.ray.client import RayJob
+from jobyard.executors.ray.executor import RayExecutor
+from jobyard.executors.ray.status import capacity_of, driver_output, report_of
+from jobyard.executors.ray.submission import build_submission, check_spec
+from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model.job import TaskPlacement
+from tests.helpers import LiveServer, make_settings, running_server, wait_for
+from tests.integration.ray_support import (
+    Gate,
+    RayHead,
+    ray_head_fixture,  # noqa: F401 - the ray_head fixture
+    stop_jobs_of,
+)
+
+pytestmark = [
+    # Ray's client passes ssl=None to aiohttp, which newer aiohttp releases deprecate.
+    pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning"),
+]
+_numbers = itertools.count(1)
+_ENDED = {TaskState.EXITED, TaskState.LOST}
+
+
+def placement(**spec: Any) -> Placement:
+    job_id = 20_000_000 + os.getpid() * 1000 + next(_numbers) % 1000
+    return Placement(
+        job_id=job_id,
+        display_id=f"r{job_id}",
+        owner="alice",
+        spec=JobSpec(**spec),
+        tasks=[TaskPlacement(index=0, name=f"r{job_id}-worker-0", node="n")],
+    )
+
+
+def settings_at(home: Path, address: str, **overrides: Any) -> Settings:
+    ray = RaySettings(address=address)
+    return make_settings(home, executor="ray", ray=ray, stop_grace_seconds=4, **overrides)
+
+
+def ray_job(status: str, **fields: Any) -> RayJob:
+    return RayJob(submission_id="s", status=status, entrypoint="e", **fields)
+
+
+# ---- the mapping, without a head -------------------------------------------------------------
+
+
+def test_a_submission_carries_env_working_dir_pip_resources_and_metadata(tmp_path: Path) -> None:
+    p = placement(
+        entrypoint=["python", "train.py", "--lr", "0.1 0.2"],
+        env={"FOO": "bar", "PYTHONPATH": f"{tmp_path}:/opt/lib"},
+        working_dir=str(tmp_path),
+        runtime_env={"pip": ["requests==2.31"], "working_dir": "gcs://x.zip"},
+        setup="make a venv on the server",  # the Ray face's own pip step: Ray installs instead
+        resources={"cpus": 1.5, "gpus": 1, "gpu_model": "A100", "memory": 512},
+    )
+    sub = build_submission(p, None, stop_wait=2.5, gpu_type="A100", instance="me")
+    kwargs = sub.kwargs()
+    assert kwargs["submission_id"] == f"jobyard-{p.job_id}-{p.tasks[0].name}"
+    assert kwargs["entrypoint"].startswith("python train.py --lr '0.1 0.2'; _jobyard_rc=$?")
+    env = kwargs["runtime_env"]["env_vars"]
+    assert (env["FOO"], env["PYTHONPATH"], env["JOBYARD_JOB_ID"]) == (
+        "bar",
+        "/opt/lib",
+        str(p.job_id),
+    )
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "3"  # whole seconds, as Ray reads it
+    assert "CUDA_VISIBLE_DEVICES" not in env  # GPUs asked for: Ray assigns them
+    assert kwargs["runtime_env"]["working_dir"] == str(tmp_path)  # Ray's client uploads it
+    assert kwargs["runtime_env"]["pip"] == ["requests==2.31"]
+    assert (kwargs["entrypoint_num_cpus"], kwargs["entrypoint_num_gpus"]) == (1.5, 1)
+    assert kwargs["entrypoint_memory"] == 512 * 2**20
+    assert kwargs["entrypoint_resources"] == {"accelerator_type:A100": 0.001}
+    assert kwargs["metadata"]["jobyard_instance"] == "me"
+    assert type(sub).from_json(json.loads(json.dumps(sub.to_json()))) == sub  # a handle keeps it
+    plain = build_submission(
+        placement(entrypoint="true"), None, stop_wait=0, gpu_type=None, instance="me"
+    )
+    assert not {k for k in plain.kwargs() if k.startswith("entrypoint_")}  # nothing reserved
+    assert plain.kwargs()["runtime_env"]["env_vars"]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_multi_worker_jobs_and_pip_command_lines_are_refused_naming_the_field() -> None:
+    with pytest.raises(ExecutorRefused, match="one-worker jobs") as info:
+        check_spec(JobSpec(entrypoint="true", replicas=2))
+    assert info.value.field == "replicas"
+    with pytest.raises(ExecutorRefused) as info:
+        check_spec(JobSpec(entrypoint="true", runtime_env={"pip": "pip install x"}))
+    assert info.value.field == "runtime_env.pip"
+
+
+@pytest.mark.parametrize(
+    ("job", "killed", "expected"),
+    [
+        (ray_job("PENDING", message="waiting"), False, (TaskState.PENDING, None)),
+        (ray_job("RUNNING"), False, (TaskState.RUNNING, None)),
+        (ray_job("SUCCEEDED", exit_code=0), False, (TaskState.EXITED, 0)),
+        (ray_job("FAILED", exit_code=7), False, (TaskState.EXITED, 7)),
+        (ray_job("STOPPED"), False, (TaskState.EXITED, 128 + 15)),
+        (ray_job("STOPPED"), True, (TaskState.EXITED, 128 + 9)),
+        (ray_job("FAILED", error_type="RUNTIME_ENV_SETUP_FAILURE"), False, (TaskState.LOST, None)),
+    ],
+)
+def test_rays_states_become_task_reports_with_rays_message(
+    job: RayJob, killed: bool, expected: tuple[TaskState, int | None]
+) -> None:
+    report = report_of(job, killed=killed)
+    assert (report.state, report.exit_code) == expected
+    if job.status in ("PENDING", "FAILED") and report.exit_code is None:
+        assert (job.message or job.error_type or "") in report.message
+
+
+def test_the_driver_output_leaves_out_rays_own_lines() -> None:
+    job = ray_job("RUNNING")
+    setup = "2026-01-02 03:04:05,678\tINFO job_manager.py:581 -- Runtime env is setting up.\n"
+    header = "Running entrypoint for job s: e\n"
+    # Ray flushes its entrypoint line after starting the driver: early output comes first.
+    text = f"{setup}ab{header}c\ndé"
+    assert driver_output(text, job, final=False) == b"abc\n"  # whole lines while it runs
+    assert driver_output(text, job, final=True) == "abc\ndé".encode()
+    assert driver_output(setup, job, final=False) == b""  # the driver has not started
+    assert driver_output(setup, job, final=True) == setup.encode()  # never did: Ray says why
+
+
+def test_capacity_is_the_live_nodes_total() -> None:
+    gib = float(2**30)
+    nodes = [
+        {"state": "ALIVE", "resources_total": {"CPU": 8.0, "memory": 4 * gib}},
+        {
+            "state": "ALIVE",
+            "resources_total": {"CPU": 4.0, "GPU": 2.0, "accelerator_type:A100": 1.0},
+        },
+        {"state": "DEAD", "resources_total": {"CPU": 64.0, "GPU": 8.0}},
+    ]
+    capacity = capacity_of(nodes, node="ray:x", max_tasks=9)
+    assert (capacity.cpus, capacity.memory_mib, capacity.max_tasks) == (12.0, 4096, 9)
+    assert [(g.index, g.model) for g in capacity.gpus] == [(0, "A100"), (1, "A100")]
+
+
+# ---- the executor on a real head -------------------------------------------------------------
+
+
+@pytest.fixture
+async def executor(ray_head: RayHead, home: Path) -> AsyncIterator[RayExecutor]:
+    ex = RayExecutor(settings_at(home, ray_head.dashboard))
+    yield ex
+    await ex.close()
+    stop_jobs_of(ray_head, home)
+
+
+async def wait_report(
+    executor: RayExecutor, handle: Handle, *, until: set[TaskState] = _ENDED, timeout: float = 30
+) -> TaskReport:
+    deadline = time.monotonic() + timeout
+    while True:
+        (report,) = await executor.poll([handle])
+        if report.state in until:
+            return report
+        assert time.monotonic() < deadline, f"not {until} in time (last: {report})"
+        await asyncio.sleep(0.05)
+
+
+async def wait_log(executor: RayExecutor, handle: Handle, text: bytes) -> None:
+    """Until the task's log is `text` (the watcher copies it from Ray on the event loop)."""
+    deadline = time.monotonic() + 30
+    while executor.read_log(handle, 0, 1 << 20) != text:
+        assert time.monotonic() < deadline, executor.read_log(handle, 0, 1 << 20)
+        await executor.poll([handle])
+        await asyncio.sleep(0.05)
+
+
+async def test_capacity_is_the_clusters_and_outlives_a_head_that_is_down(
+    executor: RayExecutor, ray_head: RayHead, home: Path
+) -> None:
+    capacity = executor.capacity()
+    assert (capacity.cpus, capacity.gpus) == (float(ray_head.cpus), [])
+    assert capacity.memory_mib > 0
+    down = RayExecutor(settings_at(home, "http://127.0.0.1:9"))  # nothing listens there
+    try:
+        assert down.capacity() == capacity  # the last one read, saved in the data directory
+    finally:
+        await down.close()
+
+
+async def test_logs_are_followed_and_kept_after_ray_forgets_the_job(
+    executor: RayExecutor, ray_head: RayHead, home: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    p = placement(entrypoint='echo one; until [ -e "$GO" ]; do sleep 0.05; done; echo two; exit 3',
+                  env={"GO": str(go)})  # fmt: skip
+    (task,) = await executor.start(p)
+    await wait_log(executor, task.handle, b"one\n")
+    assert (await executor.poll([task.handle]))[0].state is TaskState.RUNNING
+    go.touch()
+    report = await wait_report(executor, task.handle)
+    assert (report.state, report.exit_code) == (TaskState.EXITED, 3)
+    assert executor.read_log(task.handle, 0, 100) == b"one\ntwo\n"
+    ray = JobSubmissionClient(ray_head.dashboard)
+    assert ray.delete_job(task.handle["submission_id"])  # Ray has forgotten it (as a restart does)
+    again = RayExecutor(settings_at(home, ray_head.dashboard))  # and jobyard restarted
+    try:
+        (report,) = await again.poll([task.handle])
+        assert (report.state, report.exit_code) == (TaskState.EXITED, 3)
+        assert again.read_log(task.handle, 0, 100) == b"one\ntwo\n"
+    finally:
+        await again.close()
+
+
+async def test_a_running_job_ray_no_longer_knows_is_lost_saying_so(
+    executor: RayExecutor, ray_head: RayHead, home: Path
+) -> None:
+    p = placement(entrypoint="echo ready; sleep 300")
+    (task,) = await executor.start(p)
+    await wait_log(executor, task.handle, b"ready\n")
+    handle = {**task.handle, "submission_id": f"{task.handle['submission_id']}-gone"}
+    (report,) = await executor.poll([handle])  # as after a head restart: Ray has no such job
+    assert report.state is TaskState.LOST and "no longer knows" in report.message
+
+
+async def test_a_start_that_was_never_recorded_is_taken_over_and_a_retry_is_new(
+    executor: RayExecutor, ray_head: RayHead, home: Path
+) -> None:
+    p = placement(entrypoint="echo ran; sleep 2")
+    (first,) = await executor.start(p)
+    (again,) = await executor.start(p)  # the server crashed before storing the first handle
+    assert again.handle["submission_id"] == first.handle["submission_id"]
+    assert (await wait_report(executor, again.handle)).exit_code == 0
+    assert executor.read_log(again.handle, 0, 100) == b"ran\n"  # it ran once
+    (retry,) = await executor.start(p)  # a retry of the same task: Ray never reuses an id
+    assert retry.handle["submission_id"] == f"{first.handle['submission_id']}-2"
+    assert (await wait_report(executor, retry.handle)).exit_code == 0
+    assert executor.read_log(retry.handle, 0, 100) == b"ran\nran\n"  # appended, as locally
+
+
+async def test_a_job_ray_cannot_set_up_is_lost_with_rays_reason(executor: RayExecutor) -> None:
+    p = placement(entrypoint="true", working_dir="gcs://_ray_pkg_0000000000000000.zip")
+    (task,) = await executor.start(p)
+    report = await wait_report(executor, task.handle)
+    assert report.state is TaskState.LOST
+    assert "RUNTIME_ENV_SETUP_FAILURE" in report.message
+    assert (
+        "jobyard: the Ray job failed (RUNTIME_ENV_SETUP_FAILURE)"
+        in executor.read_log(task.handle, 0, 1 << 20).decode()
+    )
+
+
+@pytest.mark.slow
+async def test_a_job_ray_holds_for_resources_is_pending_with_rays_message(
+    executor: RayExecutor, ray_head: RayHead
+) -> None:
+    """Ray's own queue (another user of the cluster holds its CPUs): PENDING, Ray's why."""
+    (hold,) = await executor.start(placement(entrypoint="sleep 300", resources={"cpus": 2}))
+    await wait_report(executor, hold.handle, until={TaskState.RUNNING})
+    (wait,) = await executor.start(placement(entrypoint="echo mine", resources={"cpus": 2}))
+    (report,) = await executor.poll([wait.handle])
+    assert report.state is TaskState.PENDING
+    assert "waiting for resources" in report.message
+    await executor.stop(hold.handle, grace=4)
+    assert (await wait_report(executor, wait.handle)).exit_code == 0
+
+
+async def test_multi_worker_jobs_are_refused(executor: RayExecutor) -> None:
+    with pytest.raises(ExecutorRefused) as info:
+        executor.check_spec_supported(JobSpec(entrypoint="true", replicas=2))
+    assert info.value.field == "replicas"
+
+
+# ---- a server on the Ray pool ----------------------------------------------------------------
+
+DRIVER = """
+import json, os, ray
+ray.init()
+@ray.remote
+def square(i):
+    return i * i, ray.get_runtime_context().get_node_id()
+done = ray.get([square.remote(i) for i in range(10)])
+print("RESULT " + json.dumps({
+    "squares": [s for s, _ in done],
+    "task_nodes": sorted({n for _, n in done}),
+    "driver_node": ray.get_runtime_context().get_node_id(),
+    "address": os.environ.get("RAY_ADDRESS"),
+    "cpus": ray.cluster_resources().get("CPU"),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def server(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    home = tmp_path_factory.mktemp("raypool") / "home"
+    with running_server(settings_at(home, ray_head.dashboard), ray=True) as live:
+        yield live
+    stop_jobs_of(ray_head, home)
+
+
+def head_node_id(head: RayHead) -> str:
+    nodes = httpx.get(f"{head.dashboard}/api/v0/nodes", timeout=10).json()
+    (node,) = nodes["data"]["result"]["result"]
+    return str(node["node_id"])
+
+
+def submit(api: httpx.Client, **body: Any) -> dict[str, Any]:
+    answer = api.post("/api/v1/jobs", json=body)
+    assert answer.status_code == 201, answer.text
+    job: dict[str, Any] = answer.json()
+    return job
+
+
+@pytest.mark.slow
+def test_a_drivers_ray_init_joins_the_cluster_and_its_tasks_run_there(
+    server: LiveServer, ray_head: RayHead
+) -> None:
+    with server.client() as api:
+        job = submit(api, entrypoint=[sys.executable, "-c", DRIVER])
+        done = server.wait_state(job["id"], "SUCCEEDED", "FAILED", timeout=60)
+        log = api.get(f"/api/v1/jobs/{job['id']}/logs").text
+    assert done["state"] == "SUCCEEDED", log
+    (line,) = [x for x in log.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["squares"] == [i * i for i in range(10)]
+    node = head_node_id(ray_head)
+    assert (result["driver_node"], result["task_nodes"]) == (node, [node])  # on the cluster
+    assert result["address"] == ray_head.gcs  # RAY_ADDRESS: the cluster's, no private Ray
+    assert result["cpus"] == ray_head.cpus
+
+
+def test_the_queue_waits_for_the_clusters_cpus(server: LiveServer) -> None:
+    """The pool's capacity is the cluster's 2 CPUs: the scheduler holds the second job."""
+    with server.client() as api:
+        first = submit(api, entrypoint="sleep 2", resources={"cpus": 2})
+        second = submit(api, entrypoint="echo second", resources={"cpus": 2})
+
+        def waiting() -> dict[str, Any] | None:
+            seen: dict[str, Any] = api.get(f"/api/v1/jobs/{second['id']}").json()
+            return seen if seen["pending_reason"] else None
+
+        queued = wait_for(waiting, 10)
+        assert (queued["state"], queued["pending_reason"]) == ("QUEUED", "WAITING_FOR_CAPACITY")
+        refused = api.post("/api/v1/jobs", json={"entrypoint": "true", "resources": {"cpus": 3}})
+        assert refused.status_code == 422, refused.text
+        assert "needs 3 CPUs, the pool has 2" in refused.text
+        assert server.wait_state(first["id"], "SUCCEEDED", timeout=60)
+        assert server.wait_state(second["id"], "SUCCEEDED", timeout=60)
+        assert api.get(f"/api/v1/jobs/{second['id']}/logs").text == "second\n"
+
+
+def test_a_job_submitted_on_any_face_runs_on_the_ray_pool(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hello.txt").write_text("uploaded twice\n")  # to jobyard, then by it to Ray
+    ray_face = JobSubmissionClient(
+        server.ray_url, headers={"Authorization": f"Bearer {server.token}"}
+    )
+    with server.client() as api:
+        ids = {"native": submit(api, entrypoint="echo native")["id"]}
+        paas = api.post(
+            "/v1/job", files={k: (None, v) for k, v in {"cmd": "echo paas", "agent_domain": "0",
+                                                         "spec": '{"gpuName": ""}'}.items()}
+        )  # fmt: skip
+        assert paas.status_code == 200 and paas.json()["code"] == 0, paas.text
+        ids["paas"] = paas.json()["job"]["id"]
+        training = api.post(
+            "/api/jobs/create", json={"jobName": "t", "command": ["echo", "training"]}
+        )
+        assert training.status_code == 200, training.text
+        ids["training"] = training.json()["data"]["jobId"]
+        ids["ray"] = ray_face.submit_job(
+            entrypoint="cat hello.txt", runtime_env={"working_dir": str(code)}
+        )
+        for face, ref in ids.items():
+            done = server.wait_state(ref, "SUCCEEDED", "FAILED", timeout=60)
+            log = api.get(f"/api/v1/jobs/{done['id']}/logs").text
+            assert done["state"] == "SUCCEEDED", (face, log)
+            if face == "ray":  # the Ray face writes Ray's own lines first, on every executor
+                assert log.endswith("\nuploaded twice\n"), log
+            else:
+                assert log == f"{face}\n", (face, log)
+
+
+def test_a_head_that_is_down_makes_new_jobs_wait_then_they_run(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
+    gate = Gate(ray_head.dashboard)
+    gate.open()
+    try:
+        with running_server(settings_at(tmp_path / "home", gate.url)) as live:
+            gate.shut()
+            with live.client() as api:
+                job = submit(api, entrypoint="echo after")
+
+                def waiting() -> dict[str, Any] | None:
+                    seen: dict[str, Any] = api.get(f"/api/v1/jobs/{job['id']}").json()
+                    return (
+                        seen if "EXECUTOR_UNAVAILABLE" in (seen["pending_message"] or "") else None
+                    )
+
+                seen = wait_for(waiting, 15)
+                assert (seen["state"], seen["pending_reason"]) == ("STARTING", "EXECUTOR")
+                time.sleep(1)
+                assert api.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "STARTING"
+                gate.open()
+                assert live.wait_state(job["id"], "SUCCEEDED", timeout=60)
+                assert api.get(f"/api/v1/jobs/{job['id']}/logs").text == "after\n"
+    finally:
+        gate.close()
+        stop_jobs_of(ray_head, tmp_path / "home")
