@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     gateway_sweep_seconds: Annotated[float, Field(gt=0)] = 0.25
     # Web terminals: how long a terminal URL's single-use token stays valid.
     terminal_token_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Usage (docs/observability.md): each running task's CPU, memory and GPUs are sampled every
+    # usage_interval_seconds (0: never), and its latest usage_samples kept; a GPU below
+    # idle_gpu_threshold_percent busy is idle, for the jobs that set idle_gpu_timeout.
+    usage_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    usage_samples: Annotated[int, Field(ge=1, le=100_000)] = 720
+    idle_gpu_threshold_percent: Annotated[float, Field(ge=0, le=100)] = 5.0
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from jobyard.model.state import JobState
 
@@ -37,6 +44,7 @@ class TerminationReason(enum.StrEnum):
     START_FAILED = "START_FAILED"
     LOST = "LOST"
     SUCCEEDED = "SUCCEEDED"
+    IDLE_GPU = "IDLE_GPU"  # its GPUs stayed idle for idle_gpu_timeout (docs/observability.md)
 
     def final_state(self) -> JobState:
         """The terminal state a job reaches when it ends for this reason."""
@@ -159,6 +167,29 @@ def _check_ports(ports: list[PortSpec]) -> list[PortSpec]:
     return ports
 
 
+class IdleGpuAction(enum.StrEnum):
+    """What happens to a job whose GPUs stay idle for its idle_gpu_timeout."""
+
+    WARN = "warn"  # a Warning event (IdleGpu), once per idle spell
+    STOP = "stop"  # the event, then the job is stopped: FAILED with reason IDLE_GPU
+
+
+MAX_IDLE_GPU_TIMEOUT = 30 * 86400
+
+
+def _check_idle_gpu_timeout(value: float | None, info: ValidationInfo) -> float | None:
+    resources = info.data.get("resources")
+    if value is not None and isinstance(resources, Resources) and resources.gpus == 0:
+        raise ValueError("needs resources.gpus of at least 1 (idle GPUs are the job's own)")
+    return value
+
+
+def _check_idle_gpu_action(value: IdleGpuAction, info: ValidationInfo) -> IdleGpuAction:
+    if value is IdleGpuAction.STOP and info.data.get("idle_gpu_timeout") is None:
+        raise ValueError("'stop' needs idle_gpu_timeout (how long the GPUs may stay idle)")
+    return value
+
+
 class JobSpec(BaseModel):
     """What to run. `entrypoint` is a shell string (run by /bin/sh -c) or an argv list."""
 
@@ -176,6 +207,16 @@ class JobSpec(BaseModel):
     ports: Annotated[list[PortSpec], AfterValidator(_check_ports)] = Field(default_factory=list)
     # Shell commands run before the entrypoint, in the same task (e.g. preparing a virtualenv).
     setup: Annotated[str | None, Field(max_length=MAX_ENTRYPOINT_BYTES)] = None
+    # Seconds all of the job's GPUs may stay below the server's idle_gpu_threshold_percent
+    # before idle_gpu_action is taken (None: never).
+    idle_gpu_timeout: Annotated[
+        float | None,
+        Field(gt=0, le=MAX_IDLE_GPU_TIMEOUT),
+        AfterValidator(_check_idle_gpu_timeout),
+    ] = None
+    idle_gpu_action: Annotated[IdleGpuAction, AfterValidator(_check_idle_gpu_action)] = (
+        IdleGpuAction.WARN
+    )
 
     @field_validator("entrypoint")
     @classmethod
