@@ -105,7 +105,7 @@ class RaySettings(BaseModel):
     address: str | None = None
     token: SecretStr | None = None  # sent as `Authorization: Bearer <token>`
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
-    poll_interval_seconds: Annotated[float, Field(gt=0)] = 0.05  # a young job's
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 0.02  # a young job's; then age/20
     poll_max_interval_seconds: Annotated[float, Field(gt=0)] = 2.0  # an old job's
     log_interval_seconds: Annotated[float, Field(gt=0)] = 1.0  # a running driver's log copy
     capacity_refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
