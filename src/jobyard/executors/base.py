@@ -140,6 +140,12 @@ class Executor(ABC):
         except (OSError, KeyError):
             return 0
 
+    def task_pids(self, handle: Handle) -> Sequence[int]:  # noqa: ARG002 - unused by default
+        """The processes on this machine that a running task's usage is measured from (with
+        their descendants and the sessions they lead: executors/usage.py); () where the
+        executor cannot say (the task runs elsewhere, or has ended)."""
+        return ()
+
     @abstractmethod
     def release(self, handle: Handle, *, remove_files: bool) -> None:
         """Forget a finished task; with remove_files, delete its log and files too."""

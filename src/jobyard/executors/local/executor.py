@@ -177,6 +177,11 @@ class LocalExecutor(Executor):
         argv = [shell, "-c", command] if command is not None else [shell, "-i"]
         return ShellCommand(argv=argv, env=env, cwd=str(self._working_dir(placement)))
 
+    def task_pids(self, handle: Handle) -> Sequence[int]:
+        """The supervisor: it leads the task's session, and the task is its child."""
+        pid = int(handle.get("pid", 0))
+        return [pid] if pid > 0 and self._owns(handle) else []
+
     def release(self, handle: Handle, *, remove_files: bool) -> None:
         pid = int(handle.get("pid", 0))
         self._exited.pop(pid, None)
