@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -171,3 +181,21 @@ class StateLogRow(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(16))
     timestamp: Mapped[float] = mapped_column(Float)
+
+
+class TaskUsageRow(Base):
+    """One usage sample of a task (service/usage.py), in a ring of the task's latest ones:
+    `slot` is the sample's number `seq` modulo the ring's size, so a task never holds more rows
+    than that. Kept after the job ends; deleted with the job (ON DELETE CASCADE)."""
+
+    __tablename__ = "task_usage"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[float] = mapped_column(Float)
+    cpu_cores: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # [[index, utilization %, memory used, memory total], ...]; null: no GPU figures
+    gpus: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
