@@ -94,6 +94,9 @@ def _stop_message(why: TerminationReason, job: Job, failed: Task | None) -> str:
         return "stopped by user"
     if why is TerminationReason.MAX_RUNTIME_EXCEEDED:
         return f"ran longer than max_runtime ({job.spec.max_runtime:g} s)"
+    if why is TerminationReason.IDLE_GPU:
+        limit = job.spec.idle_gpu_timeout or 0
+        return f"its GPUs stayed idle longer than idle_gpu_timeout ({limit:g} s)"
     cause = _first_to_fail(job.tasks) if failed is not None else None
     if cause is not None:  # the task whose failure stopped the others
         return f"{cause.name} {_describe(cause)}"

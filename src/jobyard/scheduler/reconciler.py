@@ -48,7 +48,11 @@ log = logging.getLogger(__name__)
 
 _WATCHED = (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
 # A failed attempt is retried (when max_retries allows) unless a person or a deadline ended it.
-_NOT_RETRIED = (TerminationReason.STOPPED_BY_USER, TerminationReason.MAX_RUNTIME_EXCEEDED)
+_NOT_RETRIED = (
+    TerminationReason.STOPPED_BY_USER,
+    TerminationReason.MAX_RUNTIME_EXCEEDED,
+    TerminationReason.IDLE_GPU,  # it would sit idle again
+)
 _NOT_FOUND = "server restarted while starting; the process was not found"
 
 

@@ -576,6 +576,25 @@ class JobService:
                 conn, job_id, q.Transition(JobState.STOPPING, "stop requested by user"), now
             )
 
+    async def stop_for(self, job_id: int, reason: TerminationReason, message: str) -> bool:
+        """Begin stopping a RUNNING job for a policy (not a person): `reason` decides its final
+        state, and `message` goes on the STOPPING event, a Warning. False (nothing written)
+        if the job is not RUNNING any more."""
+        stopping = await self._db.write(lambda c: self._stop_for(c, job_id, reason, message))
+        if stopping:
+            self._wake(job_id)
+        return stopping
+
+    def _stop_for(
+        self, conn: Connection, job_id: int, reason: TerminationReason, message: str
+    ) -> bool:
+        if q.get_state(conn, job_id) is not JobState.RUNNING:
+            return False
+        now = self._clock()
+        q.request_stop(conn, job_id, reason, now)
+        change = q.Transition(JobState.STOPPING, message, event_type=EventType.WARNING)
+        return bool(q.transition_many(conn, [(job_id, change)], now))
+
     async def delete(self, user: User, ref: str, *, force: bool = False) -> None:
         job = await self.get(user, ref)
         if not job.state.is_terminal() and not force:
