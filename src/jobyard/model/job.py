@@ -42,6 +42,8 @@ class TerminationReason(enum.StrEnum):
     STOPPED_BY_USER = "STOPPED_BY_USER"
     MAX_RUNTIME_EXCEEDED = "MAX_RUNTIME_EXCEEDED"
     START_FAILED = "START_FAILED"
+    # The container image could not be pulled (or no registry has it): Kubernetes' ErrImagePull.
+    IMAGE_PULL_FAILED = "IMAGE_PULL_FAILED"
     LOST = "LOST"
     SUCCEEDED = "SUCCEEDED"
     IDLE_GPU = "IDLE_GPU"  # its GPUs stayed idle for idle_gpu_timeout (docs/observability.md)
@@ -329,6 +331,7 @@ class PendingReason(enum.StrEnum):
     PRIORITY = "PRIORITY"
     BACKOFF = "BACKOFF"
     EXECUTOR = "EXECUTOR"
+    PULLING = "PULLING"  # started, while its container image is pulled
 
 
 class Job(BaseModel):
