@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from jobyard.errors import ExecutorRefused, JobyardError
-from jobyard.model import Placement, TaskState
+from jobyard.model import PendingReason, Placement, TaskState, TerminationReason
 from jobyard.model.capacity import Capacity, GpuInfo
 
 Handle = dict[str, Any]
@@ -59,6 +59,11 @@ class TaskReport:
     state: TaskState
     exit_code: int | None = None
     message: str = ""
+    # PENDING: why the task waits; None is EXECUTOR (the executor's own queue, e.g. Slurm's).
+    pending_reason: PendingReason | None = None
+    # EXITED: why it ended where that is not its exit code's to say (IMAGE_PULL_FAILED), with
+    # `message` saying what happened (the container runtime's own words).
+    reason: TerminationReason | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 
 from jobyard.config import Settings
 from jobyard.errors import JobyardError
-from jobyard.executors.base import Executor, InterruptedStart, StartedTask
+from jobyard.executors.base import Executor, InterruptedStart, StartedTask, TaskReport
 from jobyard.metrics import Metrics
 from jobyard.model import (
     EventType,
@@ -39,7 +39,7 @@ from jobyard.model import (
     TerminationReason,
 )
 from jobyard.model.job import TaskPlacement
-from jobyard.scheduler.outcome import Outcome, decide
+from jobyard.scheduler.outcome import Outcome, decide, for_reason
 from jobyard.scheduler.policy import Candidate, Plan, plan
 from jobyard.store import jobs as q, scheduling as sq
 from jobyard.store.db import Database
@@ -279,7 +279,8 @@ class Reconciler:
         now = self._clock()
         exits: list[tuple[int, int, q.TaskUpdate]] = []
         touched: dict[int, Job] = {}
-        waiting: dict[int, str] = {}  # STARTING jobs whose tasks an executor still queues
+        # STARTING jobs whose tasks an executor still holds (queued, pulling their image)
+        waiting: dict[int, tuple[PendingReason, str]] = {}
         for (job, task), report in zip(pairs, reports, strict=True):
             if report.state in (TaskState.EXITED, TaskState.LOST):
                 task.state, task.exit_code = report.state, report.exit_code
@@ -293,7 +294,7 @@ class Reconciler:
                 exits.append((job.id, task.index, q.TaskUpdate(state=task.state, started_at=now)))
                 touched[job.id] = job
             elif report.state is TaskState.PENDING and job.state is JobState.STARTING:
-                waiting.setdefault(job.id, report.message or "waiting in the executor's queue")
+                waiting.setdefault(job.id, _waiting_for(report))
         began = [j for j in touched.values() if j.state is JobState.STARTING]
         for job in began:
             job.state = JobState.RUNNING  # as written below, before any outcome of the same pass
@@ -301,10 +302,10 @@ class Reconciler:
             if job.attempt == 0:
                 self._metrics.submit_to_running.observe(max(0.0, now - job.created_at.timestamp()))
         pending = [
-            (job_id, PendingReason.EXECUTOR, message)
-            for job_id, message in waiting.items()
+            (job_id, code, message)
+            for job_id, (code, message) in waiting.items()
             if (self._live[job_id].pending_reason, self._live[job_id].pending_message)
-            != (PendingReason.EXECUTOR, message)
+            != (code, message)
         ]
         candidates = (
             self._live.values()
@@ -319,6 +320,7 @@ class Reconciler:
             for job in candidates
             if job.id not in self._interrupted and (o := decide(job)) is not None
         }
+        _apply_reasons(outcomes, [job.id for job, _ in pairs], reports)
         if pending:
             events = {job_id for job_id, _, _ in pending}  # only changes are written: say each
             await self._db.write(lambda c: sq.set_pending(c, pending, now, events=events))
@@ -592,6 +594,22 @@ class Reconciler:
         except Exception as exc:
             log.exception("the executor failed to start job %d", placement.job_id)
             return _Started(placement, [], f"the executor failed to start the job: {exc!r}")
+
+
+def _waiting_for(report: TaskReport) -> tuple[PendingReason, str]:
+    """Why a STARTING job's task waits, as its executor reported (its own queue by default)."""
+    why = report.pending_reason or PendingReason.EXECUTOR
+    return why, report.message or "waiting in the executor's queue"
+
+
+def _apply_reasons(
+    outcomes: dict[int, Outcome], job_ids: Sequence[int], reports: Sequence[TaskReport]
+) -> None:
+    """A job a task of which ended for a reason its executor gave (its image could not be
+    pulled) ends, or begins stopping, for that reason (the first such task's)."""
+    for job_id, report in zip(job_ids, reports, strict=True):
+        if job_id in outcomes and report.reason is not None and report.state.is_finished():
+            outcomes[job_id] = for_reason(outcomes[job_id], report.reason, report.message)
 
 
 def _record_reattached(conn: Connection, now: float) -> None:
