@@ -24,12 +24,14 @@ from jobyard.config import Settings
 from jobyard.errors import Conflict
 from jobyard.executors.base import Executor
 from jobyard.executors.registry import load_executor
+from jobyard.executors.usage import GpuSource, NoGpus, NvmlGpuSource
 from jobyard.gateway import Gateway
 from jobyard.metrics import Metrics
 from jobyard.scheduler.reconciler import Reconciler
 from jobyard.service import AuthService, JobService, LogService, figures
 from jobyard.service.access import AccessService
 from jobyard.service.runtime_env import RuntimeEnvService
+from jobyard.service.usage import UsageService
 from jobyard.store.db import Database, migrate
 
 log = logging.getLogger("jobyard")
@@ -48,6 +50,7 @@ class Runtime:
     access: AccessService
     gateway: Gateway
     metrics: Metrics
+    usage: UsageService
 
     async def close(self) -> None:
         await self.executor.close()
@@ -80,8 +83,10 @@ def lock_home(settings: Settings) -> int:
     return fd
 
 
-def build(settings: Settings) -> Runtime:
-    """Wire everything. Runs migrations and writes the admin token before any request."""
+def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
+    """Wire everything. Runs migrations and writes the admin token before any request.
+    `gpus`: where usage samples get GPU figures (default: NVML, if the executor's tasks run
+    here)."""
     prepare_home(settings)
     home_lock = lock_home(settings)
     metrics = Metrics()
@@ -114,8 +119,23 @@ def build(settings: Settings) -> Runtime:
     gateway = Gateway(access, settings)
     metrics.add_source(figures.job_counts(db, jobs))
     metrics.add_source(figures.pool_figures(jobs))
+    local = "usage" in executor.capabilities
+    gpus = gpus if gpus is not None else NvmlGpuSource() if local else NoGpus()
+    usage = UsageService(db, executor, jobs, settings, gpus=gpus)
+    metrics.add_source(usage.figures())
     return Runtime(
-        settings, db, executor, reconciler, auth, jobs, logs, home_lock, access, gateway, metrics
+        settings,
+        db,
+        executor,
+        reconciler,
+        auth,
+        jobs,
+        logs,
+        home_lock,
+        access,
+        gateway,
+        metrics,
+        usage,
     )
 
 
@@ -213,6 +233,7 @@ def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> F
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop_task = asyncio.create_task(runtime.reconciler.run(), name="jobyard-reconciler")
+        sampler = asyncio.create_task(runtime.usage.run(), name="jobyard-usage")
         served: list[tuple[Listener, asyncio.Task[None]]] = []
         try:
             for listener in listeners:
@@ -223,9 +244,10 @@ def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> F
             await runtime.gateway.stop()
             for listener, task in served:
                 await listener.stop(task)
-            loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+            for task in (sampler, loop_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runtime.close()
 
     return create_app(
@@ -234,6 +256,7 @@ def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> F
         logs=runtime.logs,
         access=runtime.access,
         metrics=runtime.metrics,
+        usage=runtime.usage,
         lifespan=lifespan,
         max_request_bytes=runtime.settings.max_request_bytes,
         terminal_token_ttl=runtime.settings.terminal_token_ttl_seconds,

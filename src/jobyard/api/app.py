@@ -17,6 +17,7 @@ from jobyard.api.native.access import router as access_router
 from jobyard.api.native.admin import router as admin_router
 from jobyard.api.native.routes import router as native_router
 from jobyard.api.native.scheduling import router as scheduling_router
+from jobyard.api.native.usage import router as usage_router
 from jobyard.api.paas.mapping import render_problem as render_paas
 from jobyard.api.paas.routes import router as paas_router
 from jobyard.api.responses import JSONResponse
@@ -25,6 +26,7 @@ from jobyard.api.training import render_problem as render_training, router as tr
 from jobyard.metrics import Metrics
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.access import AccessService
+from jobyard.service.usage import UsageService
 from jobyard.web import WebSocketOriginCheck, docs_router, router as web_router
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -40,6 +42,7 @@ def create_app(
     terminal_token_ttl: float = 60.0,
     access: AccessService | None = None,
     metrics: Metrics | None = None,
+    usage: UsageService | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="jobyard",
@@ -56,6 +59,7 @@ def create_app(
     app.state.logs = logs
     app.state.terminals = TerminalTokens(terminal_token_ttl)
     app.state.access = access
+    app.state.usage = usage  # None: no usage figures (a 404 naming "usage")
     app.state.metrics = metrics = metrics or Metrics()
     install_error_handlers(app)
     app.include_router(native_router)
@@ -70,6 +74,7 @@ def create_app(
     if max_request_bytes is not None:
         app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
     app.include_router(scheduling_router)
+    app.include_router(usage_router)  # /api/v1/jobs/{ref}/metrics
     app.include_router(metrics_router)  # /metrics, admins only
     app.include_router(docs_router)  # /docs and /redoc
     app.include_router(web_router)  # the dashboard, at / (last: the faces' routes win)
