@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jobyard.model import Job, JobState, Task, TaskState, TerminationReason
 
@@ -83,6 +83,20 @@ def _finish(job: Job, failed: Task | None) -> Outcome:
     )
 
 
+def for_reason(outcome: Outcome, why: TerminationReason, message: str) -> Outcome:
+    """The outcome of a job a task of which ended for a reason its executor gave (its image
+    could not be pulled): a failure, or the stop that follows one, for that reason and with
+    the executor's message. A job stopped for another reason (by its user) keeps it."""
+    if outcome.termination in _TASK_FAILURES:
+        return replace(outcome, termination=why, message=message)
+    if outcome.final is None and outcome.stop_reason in _TASK_FAILURES:
+        return replace(outcome, stop_reason=why, message=message)
+    return outcome
+
+
+_TASK_FAILURES = (TerminationReason.EXIT_NONZERO, TerminationReason.LOST)
+
+
 def _describe(task: Task) -> str:
     if task.state is TaskState.LOST:
         return "was lost (its process is gone and left no exit code)"
@@ -94,6 +108,8 @@ def _stop_message(why: TerminationReason, job: Job, failed: Task | None) -> str:
         return "stopped by user"
     if why is TerminationReason.MAX_RUNTIME_EXCEEDED:
         return f"ran longer than max_runtime ({job.spec.max_runtime:g} s)"
+    if why is TerminationReason.IMAGE_PULL_FAILED:  # the runtime's words, from the stop
+        return job.message or why.value
     if why is TerminationReason.IDLE_GPU:
         limit = job.spec.idle_gpu_timeout or 0
         return f"its GPUs stayed idle longer than idle_gpu_timeout ({limit:g} s)"
