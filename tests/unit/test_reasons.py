@@ -32,6 +32,6 @@ def test_the_other_workers_are_stopped_for_the_reason() -> None:
 
 
 def test_a_stop_for_another_reason_keeps_it() -> None:
-    for why in (TerminationReason.STOPPED_BY_USER, TerminationReason.MAX_RUNTIME_EXCEEDED):
+    for why in (TerminationReason.STOPPED_BY_USER, TerminationReason.IDLE_GPU):
         outcome = _decided(JobState.STOPPING, exited(0, 125), stop_reason=why)
         assert for_reason(outcome, PULL, SAID) == outcome
