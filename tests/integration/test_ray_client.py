@@ -84,13 +84,17 @@ def test_sdk_submit_info_logs_tail_list_stop_delete(client: sdk.JobSubmissionCli
     assert info.submission_id == sid and info.entrypoint == "echo hello $GREETING"
     assert info.status == sdk.JobStatus.SUCCEEDED and info.driver_exit_code == 0
     assert info.start_time is not None and info.end_time is not None
-    assert client.get_job_logs(sid) == "hello ray\n"
+    logs = client.get_job_logs(sid)
+    first, entry, output = logs.splitlines(keepends=True)  # Ray's two lines, then the job's
+    assert first.endswith("\tINFO jobyard -- Runtime env is setting up.\n")
+    assert entry == f"Running entrypoint for job {sid}: echo hello $GREETING\n"
+    assert output == "hello ray\n"
     assert client.get_job_info(info.job_id or "").submission_id == sid
 
     async def tail() -> str:
         return "".join([chunk async for chunk in client.tail_job_logs(sid)])
 
-    assert asyncio.run(tail()) == "hello ray\n"
+    assert asyncio.run(tail()) == logs
     assert sid in [job.submission_id for job in client.list_jobs()]
 
     running = client.submit_job(entrypoint="sleep 60", submission_id="rayclient_sleeper")
@@ -107,14 +111,16 @@ def test_sdk_errors_are_readable(server: LiveServer, client: sdk.JobSubmissionCl
     client.submit_job(entrypoint="true", submission_id="rayclient_dup")
     with pytest.raises(RuntimeError, match="already exists"):
         client.submit_job(entrypoint="true", submission_id="rayclient_dup")
-    with pytest.raises(RuntimeError, match=r"runtime_env\.conda"):
-        client.submit_job(entrypoint="true", runtime_env={"conda": {"dependencies": ["x"]}})
+    with pytest.raises(RuntimeError, match=r"runtime_env\.uv"):
+        client.submit_job(entrypoint="true", runtime_env={"uv": ["x"]})
     from ray.exceptions import AuthenticationError
 
-    with pytest.raises(AuthenticationError):
-        sdk.JobSubmissionClient(server.ray_url, headers={"Authorization": "Bearer wrong"})
-    with pytest.raises(AuthenticationError):
-        sdk.JobSubmissionClient(server.ray_url)
+    # The version check needs no token (as on a Ray head); the first real call does.
+    wrong = sdk.JobSubmissionClient(server.ray_url, headers={"Authorization": "Bearer wrong"})
+    with pytest.raises(AuthenticationError, match="Authentication failed"):
+        wrong.list_jobs()
+    with pytest.raises(AuthenticationError, match="Authentication required"):
+        sdk.JobSubmissionClient(server.ray_url).list_jobs()
 
 
 def test_sdk_entrypoint_resources(client: sdk.JobSubmissionClient) -> None:

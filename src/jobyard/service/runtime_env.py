@@ -8,7 +8,16 @@ no symlink leading out, no more than ten times the package limit once unpacked.
 
 A pip requirement set gets one virtualenv under the data directory, built on first use by the
 job's own setup step (`python -m jobyard.service.runtime_env venv ...`, so the HTTP request
-never waits for pip) under a file lock, and reused by every later job with the same set.
+never waits for pip) under a file lock, and reused by every later job with the same set. As
+Ray's pip environments do, it sees the server interpreter's packages after its own (a .pth
+file adds the base site-packages behind the virtualenv's), and its build is bounded by the
+runtime_env's setup timeout.
+
+What cannot be set up here (a conda environment, a working_dir or py_modules at a remote URI)
+is accepted and fails the job in its setup step, as Ray fails the job rather than the submit.
+A failed setup ends the job with exit code SETUP_FAILED_EXIT and SETUP_FAILED as the log's
+last line, after the lines saying why: that is how a face tells it from the entrypoint's own
+failure (the entrypoint never ran).
 """
 
 from __future__ import annotations
@@ -23,20 +32,32 @@ import posixpath
 import re
 import shlex
 import shutil
+import signal
+import site
 import stat
 import subprocess
 import sys
+import sysconfig
+import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from jobyard.errors import InvalidInput
 
 _PACKAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,250}\.zip$")
 _PROTOCOLS = ("gcs",)
 _READY = ".jobyard-ready"
+_BASE_PTH = "_jobyard_base_site.pth"
+# The layout of a virtualenv, in its key: one built before the base packages were inherited
+# is never reused.
+_VENV_LAYOUT = "inherits-base-1"
+DEFAULT_SETUP_TIMEOUT = 600.0  # Ray's default setup_timeout_seconds
+SETUP_FAILED_EXIT = 78  # sysexits' EX_CONFIG: the job's environment could not be made
+SETUP_FAILED = "jobyard: runtime_env setup failed; the entrypoint was not run"
 MAX_ENTRIES = 100_000
 UNPACKED_FACTOR = 10
 _COPY_CHUNK = 1 << 20
@@ -55,17 +76,20 @@ class PipRequirements:
     check: bool = False
 
     def key(self) -> str:
-        body = json.dumps([self.packages, self.options, self.check])
+        body = json.dumps([self.packages, self.options, self.check, _VENV_LAYOUT])
         return hashlib.sha256(body.encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
 class EnvRequest:
-    """A runtime environment, face-neutral: where the code comes from and what to install."""
+    """A runtime environment, face-neutral: where the code comes from, what to install, and
+    how long setting it up may take (None: no limit)."""
 
     working_dir: str | None = None
     py_modules: tuple[str, ...] = ()
     pip: PipRequirements | None = None
+    conda: bool = False
+    setup_timeout: float | None = DEFAULT_SETUP_TIMEOUT
 
 
 @dataclass
@@ -76,6 +100,7 @@ class PreparedEnv:
     env: dict[str, str] = field(default_factory=dict)
     setup: str | None = None
     created: list[Path] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # what cannot be set up here
 
 
 class RuntimeEnvService:
@@ -138,20 +163,32 @@ class RuntimeEnvService:
         a thread. On error nothing it created is left behind."""
         prepared = PreparedEnv()
         try:
-            paths: list[str] = []
             if request.working_dir is not None:
                 prepared.working_dir = self._working_dir(owner, request.working_dir, prepared)
-                paths.append(prepared.working_dir)
-            for index, uri in enumerate(request.py_modules):
-                paths.append(self._py_module(owner, uri, index, prepared))
+            modules = [
+                self._py_module(owner, uri, index, prepared)
+                for index, uri in enumerate(request.py_modules)
+            ]
+            paths = [path for path in [prepared.working_dir, *modules] if path is not None]
             if paths:
                 prepared.env["PYTHONPATH"] = os.pathsep.join(paths)
-            if request.pip is not None:
-                prepared.setup = self.venv_setup(request.pip)
+            if request.conda:
+                prepared.failures.append(
+                    "runtime_env.conda: jobyard does not build conda environments; "
+                    "use runtime_env.pip"
+                )
+            prepared.setup = self._setup(request, prepared.failures)
         except BaseException:
             self.discard(prepared)
             raise
         return prepared
+
+    def _setup(self, request: EnvRequest, failures: list[str]) -> str | None:
+        if failures:
+            return failed_setup(failures)
+        if request.pip is not None:
+            return self.venv_setup(request.pip, timeout=request.setup_timeout)
+        return None
 
     def discard(self, prepared: PreparedEnv) -> None:
         for path in prepared.created:
@@ -172,7 +209,7 @@ class RuntimeEnvService:
         prepared.created.append(path)
         return path
 
-    def _working_dir(self, owner: str, uri: str, prepared: PreparedEnv) -> str:
+    def _working_dir(self, owner: str, uri: str, prepared: PreparedEnv) -> str | None:
         where = "runtime_env.working_dir"
         if uri.startswith("gcs://"):
             archive = self._uploaded(owner, uri, where)
@@ -185,11 +222,8 @@ class RuntimeEnvService:
             unpack_zip(archive, dest, max_bytes=self._max_unpacked, strip_top=True, field=where)
             return str(dest)
         if "://" in uri:
-            raise InvalidInput(
-                f"{where}: {uri!r}: only gcs:// (uploaded), file:// zips and directories "
-                "on the server are supported",
-                field=where,
-            )
+            prepared.failures.append(_remote(where, uri))
+            return None
         path = Path(uri)
         if not path.is_absolute() or not path.is_dir():
             raise InvalidInput(
@@ -199,12 +233,15 @@ class RuntimeEnvService:
             )
         return str(path)
 
-    def _py_module(self, owner: str, uri: str, index: int, prepared: PreparedEnv) -> str:
+    def _py_module(self, owner: str, uri: str, index: int, prepared: PreparedEnv) -> str | None:
         where = f"runtime_env.py_modules.{index}"
         if uri.startswith("gcs://"):
             archive = self._uploaded(owner, uri, where)
         elif uri.startswith("file://"):
             archive = _local_zip(uri, where)
+        elif "://" in uri:
+            prepared.failures.append(_remote(where, uri))
+            return None
         else:
             raise InvalidInput(f"{where}: only gcs:// and file:// zips are supported", field=where)
         dest = self._new_dir(prepared)
@@ -229,19 +266,35 @@ class RuntimeEnvService:
     def venv_path(self, pip: PipRequirements) -> Path:
         return self._root / "venvs" / pip.key()
 
-    def venv_setup(self, pip: PipRequirements) -> str:
-        """The shell step that builds the set's virtualenv unless it is ready, then puts it
-        first on the job's PATH."""
+    def venv_setup(self, pip: PipRequirements, *, timeout: float | None = None) -> str:
+        """The shell step that builds the set's virtualenv unless it is ready (within
+        `timeout` seconds, lock wait included), then puts it first on the job's PATH."""
         path = self.venv_path(pip)
         build = [self._python, "-I", "-m", "jobyard.service.runtime_env", "venv", str(path)]
         if pip.check:
             build.append("--check")
+        if timeout is not None:
+            build.append(f"--timeout={timeout:g}")
         build += ["--", *pip.options, *pip.packages]
         quoted = shlex.quote(str(path))
         return (
             f"[ -e {shlex.quote(str(path / _READY))} ] || {shlex.join(build)}\n"
             f'export VIRTUAL_ENV={quoted} PATH={shlex.quote(str(path / "bin"))}:"$PATH"'
         )
+
+
+def _remote(where: str, uri: str) -> str:
+    scheme = uri.split("://", 1)[0]
+    return (
+        f"{where}: {uri}: jobyard does not fetch {scheme}:// URIs; submit a local directory or "
+        "zip (Ray's client uploads it as gcs://), or a file:// zip on the server"
+    )
+
+
+def failed_setup(reasons: Sequence[str]) -> str:
+    """A setup step that says why the environment cannot be made here, then fails the job."""
+    lines = " ".join(shlex.quote(line) for line in [*reasons, SETUP_FAILED])
+    return f"printf '%s\\n' {lines}\nexit {SETUP_FAILED_EXIT}"
 
 
 # ---- zips ------------------------------------------------------------------------------------
@@ -359,36 +412,135 @@ def _check_links_resolve_inside(dest: Path, names: Sequence[str], where: str) ->
 # ---- the setup step: `python -m jobyard.service.runtime_env venv PATH [--check] -- ARGS` ---------
 
 
+class _TimedOut(Exception):
+    pass
+
+
+class _Deadline:
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-def build_venv(path: Path, pip_args: Sequence[str], *, check: bool) -> int:
-    """Build the virtualenv at `path` once (under a lock), then mark it ready."""
+def _fail(lines: Sequence[str]) -> int:
+    for line in [*lines, SETUP_FAILED]:
+        _say(line)
+    return SETUP_FAILED_EXIT
+
+
+def timed_out_lines(seconds: float) -> list[str]:
+    """Ray's words for a runtime_env that took longer than its setup_timeout_seconds."""
+    return [
+        f"Failed to install runtime_env within the timeout of {seconds:g} seconds. Consider "
+        "increasing the timeout in the runtime_env config. For example: ",
+        '    runtime_env={"config": {"setup_timeout_seconds": 1800}, ...}',
+        f"If not provided, the default timeout is {DEFAULT_SETUP_TIMEOUT:g} seconds. ",
+        f"TimeoutError: runtime_env setup timed out after {seconds:g} seconds",
+    ]
+
+
+def _lock(lock: Any, deadline: _Deadline) -> None:
+    """The build lock, waited for no longer than the deadline (another job may be building
+    the same virtualenv)."""
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline.left()
+            if left is not None and left <= 0:
+                raise _TimedOut from None
+            time.sleep(0.1 if left is None else min(0.1, left))
+
+
+def _kill_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+def _run(step: Sequence[str], deadline: _Deadline) -> int:
+    """One step in a process group of its own, so that a timeout ends it and whatever it
+    started; a stop signal to the job is passed on to it."""
+    process = subprocess.Popen(step, stdin=subprocess.DEVNULL, process_group=0)  # noqa: S603 - our own argv
+
+    def forward(signum: int, _frame: Any) -> None:
+        _kill_group(process, signum)
+        raise SystemExit(128 + signum)
+
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, forward) for signum in stops}
+    try:
+        return process.wait(timeout=deadline.left())
+    except subprocess.TimeoutExpired:
+        _kill_group(process, signal.SIGKILL)
+        process.wait()
+        raise _TimedOut from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def inherit_base_packages(venv: Path) -> None:
+    """Put this interpreter's site-packages behind the virtualenv's own, as Ray's pip
+    environments see the packages of the Python that runs Ray (addsitedir, so that the base's
+    own .pth files, editable installs among them, work too)."""
+    where = {"base": str(venv), "platbase": str(venv)}
+    own = Path(sysconfig.get_path("purelib", scheme="venv", vars=where))
+    base = [d for d in site.getsitepackages() if Path(d).is_dir() and Path(d) != own]
+    lines = [f"import site; site.addsitedir({d!r})" for d in base]
+    own.mkdir(parents=True, exist_ok=True)
+    (own / _BASE_PTH).write_text("".join(line + "\n" for line in lines))
+
+
+def _build_steps(path: Path, pip_args: Sequence[str], check: bool) -> list[list[str]]:
+    python = str(path / "bin" / "python")
+    pip = [sys.executable, "-m", "pip", "--python", python, "--disable-pip-version-check"]
+    steps = [[*pip, "install", "--no-input", *pip_args]]
+    if check:
+        steps.append([*pip, "check"])
+    return steps
+
+
+def _build(path: Path, pip_args: Sequence[str], check: bool, deadline: _Deadline) -> int:
+    shutil.rmtree(path, ignore_errors=True)
+    _say(f"jobyard: installing {shlex.join(pip_args)} into {path}")
+    venv = [sys.executable, "-m", "venv", "--without-pip", str(path)]
+    for step in [venv, *_build_steps(path, pip_args, check)]:
+        code = _run(step, deadline)
+        if code != 0:
+            shutil.rmtree(path, ignore_errors=True)
+            failed = f"jobyard: runtime_env setup failed: {shlex.join(step)} exited with {code}"
+            return _fail([failed])
+        if step is venv:
+            inherit_base_packages(path)
+    (path / _READY).touch()
+    return 0
+
+
+def build_venv(
+    path: Path, pip_args: Sequence[str], *, check: bool, timeout: float | None = None
+) -> int:
+    """Build the virtualenv at `path` once (under a lock), then mark it ready; within
+    `timeout` seconds, else fail as Ray does."""
+    deadline = _Deadline(timeout)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f"{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (path / _READY).exists():
-            return 0
-        shutil.rmtree(path, ignore_errors=True)
-        _say(f"jobyard: installing {shlex.join(pip_args)} into {path}")
-        python = str(path / "bin" / "python")
-        pip = [sys.executable, "-m", "pip", "--python", python, "--disable-pip-version-check"]
-        steps = [
-            [sys.executable, "-m", "venv", "--without-pip", str(path)],
-            [*pip, "install", "--no-input", *pip_args],
-        ]
-        if check:
-            steps.append([*pip, "check"])
-        for step in steps:
-            code = subprocess.run(step, check=False, stdin=subprocess.DEVNULL).returncode  # noqa: S603 - our own argv
-            if code != 0:
-                _say(f"jobyard: runtime_env setup failed: {shlex.join(step)} exited with {code}")
-                shutil.rmtree(path, ignore_errors=True)
-                return code
-        (path / _READY).touch()
-        return 0
+        try:
+            _lock(lock, deadline)
+            if (path / _READY).exists():
+                return 0
+            return _build(path, pip_args, check, deadline)
+        except _TimedOut:
+            shutil.rmtree(path, ignore_errors=True)
+            return _fail(timed_out_lines(timeout or 0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -397,9 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     venv = commands.add_parser("venv", help="build a pip virtualenv once")
     venv.add_argument("path", type=Path)
     venv.add_argument("--check", action="store_true")
+    venv.add_argument("--timeout", type=float, default=None)
     venv.add_argument("pip_args", nargs="+")
     args = parser.parse_args(argv)
-    return build_venv(args.path, args.pip_args, check=args.check)
+    return build_venv(args.path, args.pip_args, check=args.check, timeout=args.timeout)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from jobyard import __version__
 from jobyard.api import redaction
 from jobyard.api.errors import Problem, install_error_handlers, register_face_errors
 from jobyard.api.inputs import InputCheck
+from jobyard.api.ray.nodes import NodeAddresses
 from jobyard.api.ray.routes import router
 from jobyard.api.responses import JSONResponse
 from jobyard.service import AuthService, JobService, LogService
@@ -41,6 +42,7 @@ def create_ray_app(
     app.state.jobs = jobs
     app.state.logs = logs
     app.state.runtime_env = runtime_env
+    app.state.node_addresses = NodeAddresses()
     app.state.render_problem = render_ray
     install_error_handlers(app)
     register_face_errors(app, "/", render_ray)

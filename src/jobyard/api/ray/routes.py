@@ -11,22 +11,30 @@ import asyncio
 import codecs
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket
 from fastapi.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
-from jobyard import __version__
 from jobyard.api.deps import JobsDep, LogsDep
 from jobyard.api.errors import problem_for
-from jobyard.api.ray.mapping import API_VERSION, RAY_VERSION, last_lines
+from jobyard.api.ray.driver import driver_setup
+from jobyard.api.ray.mapping import (
+    API_VERSION,
+    LOG_LINES_IN_MESSAGE,
+    RAY_COMMIT,
+    RAY_VERSION,
+    last_lines,
+    may_have_failed_setup,
+)
+from jobyard.api.ray.nodes import NodeAddresses
 from jobyard.api.ray.schemas import SubmitRequest, job_details, read_runtime_env
 from jobyard.api.responses import JSONResponse
 from jobyard.errors import Conflict, Forbidden, InvalidInput, JobyardError, NotFound, Unauthorized
 from jobyard.model import Job, JobSpec, JobState, TerminationReason
-from jobyard.service import AuthService, JobQuery, JobRequest, LogQuery, User
+from jobyard.service import AuthService, JobQuery, JobRequest, LogQuery, LogService, User
 from jobyard.service.runtime_env import PreparedEnv, RuntimeEnvService, TooLarge
 
 
@@ -78,8 +86,25 @@ async def _runtime_env(request: Request) -> RuntimeEnvService:
     return service
 
 
+async def _nodes(request: Request) -> NodeAddresses:
+    nodes: NodeAddresses = request.app.state.node_addresses
+    return nodes
+
+
 RayUser = Annotated[User, Depends(authenticate)]
 RuntimeEnvDep = Annotated[RuntimeEnvService, Depends(_runtime_env)]
+NodesDep = Annotated[NodeAddresses, Depends(_nodes)]
+
+
+@contextlib.contextmanager
+def ray_not_found(ref: str) -> Iterator[None]:
+    """A missing job in Ray's words (job_head.py), whichever service call found it missing."""
+    try:
+        yield
+    except NotFound as exc:
+        if exc.field != "job":
+            raise
+        raise NotFound(f"Job {ref} does not exist", field="job") from None
 
 
 def both(method: Callable[..., Any], path: str) -> Callable[[Any], Any]:
@@ -95,12 +120,15 @@ def both(method: Callable[..., Any], path: str) -> Callable[[Any], Any]:
 # ---- version and packages ---------------------------------------------------------------------
 
 
+@router.head("/api/version", include_in_schema=False)
 @router.get("/api/version")
-async def version(_user: RayUser) -> dict[str, str]:
+async def version() -> dict[str, str]:
+    """No token needed, as on a Ray head (whose auth is off by default): Ray's client asks it
+    before anything else, and it tells only which Ray's API this is."""
     return {
         "version": API_VERSION,
         "ray_version": RAY_VERSION,
-        "ray_commit": f"jobyard-{__version__}",
+        "ray_commit": RAY_COMMIT,
         "session_name": "jobyard",
     }
 
@@ -157,7 +185,12 @@ async def submit_job(
                 working_dir=prepared.working_dir,
                 runtime_env=body.runtime_env or None,
                 resources=resources,
-                setup=prepared.setup,
+                setup=driver_setup(
+                    submission_id,
+                    body.entrypoint,
+                    env_setup=prepared.setup,
+                    cpus=body.entrypoint_num_cpus or 0,
+                ),
             ),
             labels=labels,
             submission_id=submission_id,
@@ -166,6 +199,9 @@ async def submit_job(
     except Conflict as exc:
         runtime_env.discard(prepared)
         raise _duplicate(submission_id) if exc.field == "submission_id" else exc from None
+    except InvalidInput as exc:
+        runtime_env.discard(prepared)
+        raise _in_ray_terms(exc) from None
     except BaseException:
         runtime_env.discard(prepared)
         raise
@@ -173,6 +209,26 @@ async def submit_job(
         runtime_env.discard(prepared)
         raise _duplicate(submission_id)
     return {"job_id": submitted.job.display_id, "submission_id": submitted.job.submission_id}
+
+
+_RESOURCE_FIELDS = {
+    "resources.cpus": "entrypoint_num_cpus",
+    "resources.gpus": "entrypoint_num_gpus",
+    "resources.memory": "entrypoint_memory",
+}
+
+
+def _in_ray_terms(exc: InvalidInput) -> InvalidInput:
+    """An ask the pool can never meet, named as the client named it. (Ray would wait for an
+    autoscaler; this pool cannot grow, so the job could never start.)"""
+    field = _RESOURCE_FIELDS.get(exc.field or "")
+    if field is None:
+        return exc
+    problem = exc.message.removeprefix(f"{exc.field}: ")
+    return InvalidInput(
+        f"{field}: {problem}; this pool cannot grow, so the job could never start",
+        field=field,
+    )
 
 
 def _duplicate(submission_id: str) -> InvalidInput:
@@ -191,31 +247,54 @@ def _environment(env_vars: dict[str, str], prepared: PreparedEnv) -> dict[str, s
 
 
 @both(router.get, "/api/jobs")
-async def list_jobs(user: RayUser, jobs: JobsDep) -> Response:
-    items: list[dict[str, Any]] = []
+async def list_jobs(user: RayUser, jobs: JobsDep, logs: LogsDep, nodes: NodesDep) -> Response:
+    found: list[Job] = []
     cursor: int | None = None
     while True:
         page = await jobs.list_jobs(user, JobQuery(descending=False, limit=500, cursor=cursor))
-        items += [job_details(job) for job in page.items]
+        found += page.items
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
+    addresses = await nodes.of(_node_of(job) for job in found)
+    items = []
+    for job in found:  # a log is read only where the setup may have failed (Ray says why)
+        tail = await _log_tail(logs, user, job) if may_have_failed_setup(job) else None
+        items.append(job_details(job, tail, addresses.get(_node_of(job) or "")))
     return JSONResponse(items)
 
 
 @both(router.get, "/api/jobs/{ref}")
-async def get_job(ref: str, user: RayUser, jobs: JobsDep, logs: LogsDep) -> dict[str, Any]:
-    job = await jobs.get(user, ref)
+async def get_job(
+    ref: str, user: RayUser, jobs: JobsDep, logs: LogsDep, nodes: NodesDep
+) -> dict[str, Any]:
+    with ray_not_found(ref):
+        job = await jobs.get(user, ref)
     tail = None
     if job.state is JobState.FAILED and job.reason is TerminationReason.EXIT_NONZERO:
-        tail = last_lines(_text(await logs.read(user, ref, LogQuery(tail=10))))
-    return job_details(job, tail)
+        tail = await _log_tail(logs, user, job)
+    node = _node_of(job)
+    return job_details(job, tail, (await nodes.of([node])).get(node or ""))
+
+
+def _node_of(job: Job) -> str | None:
+    return job.tasks[0].node if job.tasks else None
+
+
+async def _log_tail(logs: LogService, user: User, job: Job) -> str:
+    """The last lines of the job's log (those Ray's failure message quotes, and any setup
+    failure's reasons before its last line)."""
+    query = LogQuery(tail=LOG_LINES_IN_MESSAGE * 2)
+    with contextlib.suppress(NotFound):  # deleted meanwhile
+        return last_lines(_text(await logs.read(user, job.display_id, query)), query.tail or 0)
+    return ""
 
 
 @router.post("/api/jobs/{ref}/stop")
 async def stop_job(ref: str, user: RayUser, jobs: JobsDep) -> dict[str, bool]:
     try:
-        await jobs.stop(user, ref)
+        with ray_not_found(ref):
+            await jobs.stop(user, ref)
     except Conflict as exc:
         if exc.field != "state":
             raise
@@ -227,14 +306,16 @@ async def stop_job(ref: str, user: RayUser, jobs: JobsDep) -> dict[str, bool]:
 async def delete_job(
     ref: str, user: RayUser, jobs: JobsDep, runtime_env: RuntimeEnvDep
 ) -> dict[str, bool]:
-    job = await jobs.get(user, ref)
+    with ray_not_found(ref):
+        job = await jobs.get(user, ref)
     if not job.state.is_terminal():
         raise InvalidInput(
             f"Attempted to delete job {ref!r}, but it is in a non-terminal state "
             f"{job_details(job)['status']}.",
             field="status",
         )
-    await jobs.delete(user, ref)
+    with ray_not_found(ref):
+        await jobs.delete(user, ref)
     _release_dirs(runtime_env, job)
     return {"deleted": True}
 
@@ -247,7 +328,8 @@ def _release_dirs(runtime_env: RuntimeEnvService, job: Job) -> None:
 
 @router.get("/api/jobs/{ref}/logs")
 async def job_logs(ref: str, user: RayUser, logs: LogsDep) -> dict[str, str]:
-    return {"logs": _text(await logs.read(user, ref, LogQuery()))}
+    with ray_not_found(ref):
+        return {"logs": _text(await logs.read(user, ref, LogQuery()))}
 
 
 def _text(data: bytes) -> str:
@@ -262,7 +344,8 @@ async def tail_logs(websocket: WebSocket, ref: str) -> None:
     logs = websocket.app.state.logs
     try:
         user = await authenticate(websocket)
-        stream: AsyncIterator[bytes] = await logs.follow(user, ref, LogQuery())
+        with ray_not_found(ref):
+            stream: AsyncIterator[bytes] = await logs.follow(user, ref, LogQuery())
     except JobyardError as exc:  # refused before the upgrade: 401, 403 or 404
         await _deny(websocket, exc)
         return

@@ -8,20 +8,33 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StrictStr
 
-from jobyard.api.ray.mapping import error_type, message, millis, status_of
+from jobyard.api.ray.mapping import (
+    MAX_LABEL_KEY,
+    error_type,
+    label_key,
+    message,
+    metadata_of,
+    millis,
+    node_id,
+    setup_failure,
+    status_of,
+)
 from jobyard.api.strict import RequestModel
 from jobyard.errors import InvalidInput
-from jobyard.model import Job
+from jobyard.model import Job, JobState
 from jobyard.model.job import check_labels
-from jobyard.service.runtime_env import EnvRequest, PipRequirements
+from jobyard.service.runtime_env import DEFAULT_SETUP_TIMEOUT, EnvRequest, PipRequirements
 
 NonNegative = Annotated[float, Field(ge=0)]
 
-# Keys of a runtime_env jobyard understands. `excludes` was applied by the client when it
-# zipped the directory; `_ray_commit` and `config` carry nothing jobyard needs.
-RUNTIME_ENV_KEYS = ("working_dir", "py_modules", "env_vars", "pip", "excludes", "config")
-_IGNORED_KEYS = ("excludes", "config", "_ray_commit")
+# Keys of a runtime_env jobyard understands (`conda` only to fail the job's setup: it is not
+# built here). `excludes` was applied by the client when it zipped the directory;
+# `_ray_commit`, `_ray_release` and `_inject_current_ray` (which Ray's client adds) carry
+# nothing jobyard needs.
+RUNTIME_ENV_KEYS = ("working_dir", "py_modules", "env_vars", "pip", "conda", "excludes", "config")
+_IGNORED_KEYS = ("excludes", "_ray_commit", "_ray_release", "_inject_current_ray")
 _PIP_KEYS = ("packages", "pip_check", "pip_version", "pip_install_options")
+_CONFIG_KEYS = ("setup_timeout_seconds", "eager_install", "log_files")
 
 
 class SubmitRequest(RequestModel):
@@ -62,9 +75,19 @@ class SubmitRequest(RequestModel):
         return out
 
     def labels(self) -> dict[str, str]:
-        metadata = self.metadata or {}
+        """The metadata as job labels: any key Ray takes (see mapping.label_key)."""
+        labels = {}
+        for key, value in (self.metadata or {}).items():
+            encoded = label_key(key)
+            if len(encoded) > MAX_LABEL_KEY:
+                raise InvalidInput(
+                    f"metadata.{key}: too long a key for jobyard (at most {MAX_LABEL_KEY} "
+                    "characters of letters, digits and _./-, or 71 bytes of any others)",
+                    field=f"metadata.{key}",
+                )
+            labels[encoded] = value
         try:
-            return check_labels(dict(metadata))
+            return check_labels(labels)
         except ValueError as exc:
             raise InvalidInput(f"metadata: {exc}", field="metadata") from None
 
@@ -91,8 +114,35 @@ def read_runtime_env(raw: dict[str, Any]) -> tuple[EnvRequest, dict[str, str]]:
         raise InvalidInput(
             "runtime_env.py_modules: must be a list of strings", field="runtime_env.py_modules"
         )
-    request = EnvRequest(working_dir, tuple(modules), _read_pip(raw.get("pip")))
+    request = EnvRequest(
+        working_dir,
+        tuple(modules),
+        _read_pip(raw.get("pip")),
+        conda=raw.get("conda") is not None,
+        setup_timeout=_read_config(raw.get("config")),
+    )
     return request, _read_env_vars(raw.get("env_vars"))
+
+
+def _read_config(value: Any) -> float | None:
+    """Ray's RuntimeEnvConfig: the setup timeout (seconds; -1: none), checked as Ray does."""
+    where = "runtime_env.config"
+    if value is None:
+        return DEFAULT_SETUP_TIMEOUT
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: must be an object", field=where)
+    for key in value:
+        if key not in _CONFIG_KEYS:
+            raise InvalidInput(f"{where}.{key}: not supported", field=f"{where}.{key}")
+    timeout = value.get("setup_timeout_seconds", DEFAULT_SETUP_TIMEOUT)
+    if timeout == -1 and not isinstance(timeout, bool):
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidInput(
+            f"{where}.setup_timeout_seconds: must be a number of seconds greater than 0, or -1",
+            field=f"{where}.setup_timeout_seconds",
+        )
+    return float(timeout)
 
 
 def _read_env_vars(value: Any) -> dict[str, str]:
@@ -176,39 +226,57 @@ def _is_pip(word: str) -> bool:
 # ---- JobDetails -------------------------------------------------------------------------------
 
 
-def job_details(job: Job, log_tail: str | None = None) -> dict[str, Any]:
-    """Ray's JobDetails with every field of the seed's example, in Ray's types."""
-    task = job.tasks[0] if job.tasks else None
-    started = task is not None and task.pid is not None
+def job_details(
+    job: Job, log_tail: str | None = None, node_ip: str | None = None
+) -> dict[str, Any]:
+    """Ray's JobDetails with every field of the seed's example, in Ray's types. `log_tail` is
+    the end of a failed job's log (for its message); `node_ip` the address of its node."""
+    no_driver = setup_failure(job, log_tail) is not None
     details: dict[str, Any] = {
         "type": "SUBMISSION",
         "job_id": job.display_id,
         "submission_id": job.submission_id,
-        "driver_info": (
-            {"id": job.display_id, "node_ip_address": task.node or "", "pid": str(task.pid)}
-            if started and task is not None
-            else None
-        ),
+        "driver_info": None if no_driver else _driver_info(job, node_ip),
         "status": status_of(job).value,
         "entrypoint": _entrypoint(job),
         "message": message(job, log_tail),
-        "error_type": error_type(job),
+        "error_type": error_type(job, log_tail),
         "start_time": millis(job.created_at),
         "end_time": millis(job.finished_at) if job.state.is_terminal() else None,
-        "metadata": dict(job.labels),
+        "metadata": metadata_of(job.labels),
         "runtime_env": job.spec.runtime_env or {},
         "driver_agent_http_address": "",
-        "driver_node_id": (task.node or "") if started and task is not None else "",
-        "driver_exit_code": None if job.state.value == "STOPPED" else job.exit_code,
+        "driver_node_id": None if no_driver else _driver_node(job),
+        "driver_exit_code": (None if no_driver or job.state is JobState.STOPPED else job.exit_code),
     }
-    resources = job.spec.resources
+    return details | _resources(job)
+
+
+def _driver_info(job: Job, node_ip: str | None) -> dict[str, str] | None:
+    """The entrypoint's process, once it has one (the seed has it; Ray only for a driver that
+    joined a Ray cluster)."""
+    task = job.tasks[0] if job.tasks else None
+    if task is None or task.pid is None:
+        return None
+    return {"id": job.display_id, "node_ip_address": node_ip or "", "pid": str(task.pid)}
+
+
+def _driver_node(job: Job) -> str | None:
+    task = job.tasks[0] if job.tasks else None
+    if task is None or task.pid is None or not task.node:
+        return None
+    return node_id(task.node)
+
+
+def _resources(job: Job) -> dict[str, Any]:
+    resources, out = job.spec.resources, {}
     if resources.cpus:
-        details["entrypoint_num_cpus"] = resources.cpus
+        out["entrypoint_num_cpus"] = resources.cpus
     if resources.gpus:
-        details["entrypoint_num_gpus"] = resources.gpus
+        out["entrypoint_num_gpus"] = resources.gpus
     if resources.memory:
-        details["entrypoint_memory"] = resources.memory * 2**20
-    return details
+        out["entrypoint_memory"] = resources.memory * 2**20
+    return out
 
 
 def _entrypoint(job: Job) -> str:
