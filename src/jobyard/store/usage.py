@@ -104,7 +104,7 @@ def job_samples(
 
 def _upsert(dialect: str) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(_USAGE)
+    statement = insert(TaskUsageRow)
     replaced = ("seq", "timestamp", "cpu_cores", "rss_bytes", "gpus")
     return statement.on_conflict_do_update(
         index_elements=["job_id", "task_index", "slot"],
