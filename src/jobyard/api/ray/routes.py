@@ -169,7 +169,7 @@ async def submit_job(
     if not body.entrypoint.strip():
         raise InvalidInput("entrypoint: must not be empty", field="entrypoint")
     env_request, env_vars = read_runtime_env(body.runtime_env or {})
-    labels, resources = body.labels(), body.resources()
+    labels, resources = body.labels(), body.resources()  # refused before anything is unpacked
     submission_id = body.requested_id() or "raysubmit_" + "".join(
         secrets.choice(_ID_ALPHABET) for _ in range(16)
     )
@@ -179,19 +179,7 @@ async def submit_job(
         prepared = await asyncio.to_thread(runtime_env.prepare, user.name, env_request)
     try:
         request = JobRequest(
-            spec=JobSpec(
-                entrypoint=body.entrypoint,
-                env=_environment(env_vars, prepared),
-                working_dir=prepared.working_dir,
-                runtime_env=body.runtime_env or None,
-                resources=resources,
-                setup=driver_setup(
-                    submission_id,
-                    body.entrypoint,
-                    env_setup=prepared.setup,
-                    cpus=body.entrypoint_num_cpus or 0,
-                ),
-            ),
+            spec=_spec(body, submission_id, prepared, _environment(env_vars, prepared), resources),
             labels=labels,
             submission_id=submission_id,
         )
@@ -209,6 +197,30 @@ async def submit_job(
         runtime_env.discard(prepared)
         raise _duplicate(submission_id)
     return {"job_id": submitted.job.display_id, "submission_id": submitted.job.submission_id}
+
+
+def _spec(
+    body: SubmitRequest,
+    submission_id: str,
+    prepared: PreparedEnv,
+    env: dict[str, str],
+    resources: dict[str, Any],
+) -> JobSpec:
+    """The core's spec: the entrypoint after Ray's setup step (api.ray.driver)."""
+    setup = driver_setup(
+        submission_id,
+        body.entrypoint,
+        env_setup=prepared.setup,
+        cpus=body.entrypoint_num_cpus or 0,
+    )
+    return JobSpec(
+        entrypoint=body.entrypoint,
+        env=env,
+        working_dir=prepared.working_dir,
+        runtime_env=body.runtime_env or None,
+        resources=resources,
+        setup=setup,
+    )
 
 
 _RESOURCE_FIELDS = {
