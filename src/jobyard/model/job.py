@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -186,8 +186,8 @@ def _check_idle_gpu_timeout(value: float | None, info: ValidationInfo) -> float 
     return value
 
 
-def _check_idle_gpu_action(value: IdleGpuAction, info: ValidationInfo) -> IdleGpuAction:
-    if value is IdleGpuAction.STOP and info.data.get("idle_gpu_timeout") is None:
+def _check_idle_gpu_action(value: str, info: ValidationInfo) -> str:
+    if value == IdleGpuAction.STOP and info.data.get("idle_gpu_timeout") is None:
         raise ValueError("'stop' needs idle_gpu_timeout (how long the GPUs may stay idle)")
     return value
 
@@ -216,8 +216,9 @@ class JobSpec(BaseModel):
         Field(gt=0, le=MAX_IDLE_GPU_TIMEOUT),
         AfterValidator(_check_idle_gpu_timeout),
     ] = None
-    idle_gpu_action: Annotated[IdleGpuAction, AfterValidator(_check_idle_gpu_action)] = (
-        IdleGpuAction.WARN
+    # An IdleGpuAction (a plain string: stored specs are read back without validation).
+    idle_gpu_action: Annotated[Literal["warn", "stop"], AfterValidator(_check_idle_gpu_action)] = (
+        "warn"
     )
 
     @field_validator("entrypoint")
