@@ -13,6 +13,7 @@ import httpx
 import uvicorn
 
 from jobyard.config import QueueSpec, Settings
+from jobyard.executors.usage import GpuSource
 from jobyard.server import Runtime, build, create_server_app, listen, ray_listener
 
 T = TypeVar("T")
@@ -62,6 +63,9 @@ def make_settings(home: Any, **overrides: Any) -> Settings:
         "memory_mib": 16384,
         "gpus": [],
         "ray_port": 0,  # off: parallel tests never race for 8265 (running_server(ray=True))
+        # No containers unless a test asks (container_support.py): an image is refused the same
+        # way whether or not this machine has podman.
+        "container_runtime": "none",
         # Three queues on the one pool, so tests can tell queues apart.
         "queues": [
             QueueSpec(name="default"),
@@ -73,10 +77,13 @@ def make_settings(home: Any, **overrides: Any) -> Settings:
 
 
 @contextlib.contextmanager
-def running_server(settings: Settings, *, ray: bool = False) -> Iterator[LiveServer]:
+def running_server(
+    settings: Settings, *, ray: bool = False, gpus: GpuSource | None = None
+) -> Iterator[LiveServer]:
     """Serve jobyard (uvicorn, in a thread) on 127.0.0.1 and a free port; stop it afterwards.
-    With `ray`, also the Ray job API on another free port, in the same event loop."""
-    runtime = build(settings)
+    With `ray`, also the Ray job API on another free port, in the same event loop; `gpus`:
+    where usage samples get GPU figures (tests/usage_support.py has a scripted one)."""
+    runtime = build(settings, gpus=gpus)
     listeners = [ray_listener(runtime, listen("127.0.0.1", 0))] if ray else []
     config = uvicorn.Config(
         create_server_app(runtime, listeners),

@@ -1,0 +1,385 @@
+"""Per-job usage against real servers and real processes: samples of a task's whole process
+tree, kept (a bounded ring) after the job ends and across a restart, deleted with the job, read
+only by its owner and admins; idle_gpu_timeout with a scripted GPU source; the store's ring on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobyard.config import GpuSpec
+from jobyard.executors.usage import NvmlGpuSource
+from jobyard.model.usage import UsageSample
+from jobyard.store import usage as store_usage
+from jobyard.store.db import Database, migrate
+from jobyard.store.jobs import delete_job, insert_job
+from tests.factories import new_job
+from tests.helpers import LiveServer, make_settings, running_server, wait_for
+from tests.usage_support import GIB, ScriptedGpus
+
+MIB = 2**20
+FAST = {"usage_interval_seconds": 0.1}
+# Busy on one core for `seconds`, holding `mib` MiB, then exit.
+BURN = (
+    "import time\nx = bytearray({mib} * 2**20)\nend = time.time() + {seconds}\n"
+    "while time.time() < end: pass\n"
+)
+HOLD = "import time\nx = bytearray({mib} * 2**20)\ntime.sleep(60)\n"
+
+
+def _nvml_present() -> bool:
+    source = NvmlGpuSource()
+    try:
+        return source.read() is not None
+    finally:
+        source.close()
+
+
+def _submit(http: httpx.Client, **body: Any) -> dict[str, Any]:
+    reply = http.post("/api/v1/jobs", json=body)
+    assert reply.status_code == 201, reply.text
+    job: dict[str, Any] = reply.json()
+    return job
+
+
+def _samples(http: httpx.Client, ref: Any, **params: Any) -> list[dict[str, Any]]:
+    reply = http.get(f"/api/v1/jobs/{ref}/metrics", params=params)
+    assert reply.status_code == 200, reply.text
+    samples: list[dict[str, Any]] = reply.json()["tasks"][0]["samples"]
+    return samples
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def _events(http: httpx.Client, ref: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = http.get(f"/api/v1/jobs/{ref}/events").json()["items"]
+    return items
+
+
+@pytest.fixture
+def fast(home: Path) -> Iterator[LiveServer]:
+    with running_server(make_settings(home, **FAST)) as server:
+        yield server
+
+
+# ---- sampling ---------------------------------------------------------------------------------
+
+
+def test_a_running_task_is_sampled_and_its_samples_outlive_it(fast: LiveServer) -> None:
+    with fast.client() as http:
+        job = _submit(http, entrypoint=_python(BURN.format(mib=64, seconds=2.5)))
+        busy = wait_for(
+            lambda: [
+                s
+                for s in _samples(http, job["id"])
+                if s["memory_rss_bytes"] >= 64 * MIB and (s["cpu_cores"] or 0) > 0.2
+            ],
+            timeout=30,
+        )
+        assert busy[0]["gpus"] is None  # no NVML and no GPU source here: absent, not zero
+        fast.wait_state(job["id"], "SUCCEEDED", timeout=30)
+        reply = http.get(f"/api/v1/jobs/{job['display_id']}/metrics").json()
+    assert reply["interval_seconds"] == 0.1
+    assert [t["name"] for t in reply["tasks"]] == [f"{job['display_id']}-worker-0"]
+    kept = reply["tasks"][0]["samples"]
+    times = [datetime.fromisoformat(s["timestamp"]) for s in kept]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert busy[0] in kept
+    assert all(s["cpu_cores"] is None or 0 <= s["cpu_cores"] < 4 for s in kept)
+
+
+def test_every_process_of_the_task_counts_also_one_in_a_session_of_its_own(
+    fast: LiveServer,
+) -> None:
+    """Three holders of 40 MiB: two children of the job's shell, one started by setsid (it
+    leaves the task's session and process group, but is still a descendant)."""
+    hold = f"{sys.executable} -c '{HOLD.format(mib=40)}'"
+    script = f"{hold} & {hold} & setsid {hold} & wait"
+    with fast.client() as http:
+        job = _submit(http, entrypoint=script)
+        wait_for(
+            lambda: any(
+                s["memory_rss_bytes"] >= 3 * 40 * MIB for s in _samples(http, job["id"], last=1)
+            ),
+            timeout=30,
+        )
+        http.post(f"/api/v1/jobs/{job['id']}/stop")
+        fast.wait_state(job["id"], "STOPPED", timeout=30)
+
+
+def test_a_job_that_has_not_run_has_no_samples_and_a_server_with_sampling_off_takes_none(
+    home: Path,
+) -> None:
+    settings = make_settings(home, usage_interval_seconds=0)
+    with running_server(settings) as server, server.client() as http:
+        job = _submit(http, entrypoint=_python(BURN.format(mib=1, seconds=1)))
+        assert _samples(http, job["id"]) == []
+        server.wait_state(job["id"], "SUCCEEDED", timeout=30)
+        assert _samples(http, job["id"]) == []
+        assert server.runtime.usage.passes == 0
+
+
+# ---- who may read, and bad input --------------------------------------------------------------
+
+
+def test_only_the_owner_and_admins_read_a_jobs_metrics(fast: LiveServer) -> None:
+    with fast.client() as admin:
+        tokens = {
+            name: admin.post("/api/v1/users", json={"name": name}).json()["token"]
+            for name in ("alice", "bob")
+        }
+        with fast.client(tokens["alice"]) as alice, fast.client(tokens["bob"]) as bob:
+            job = _submit(alice, entrypoint=_python(BURN.format(mib=1, seconds=0.5)))
+            fast.wait_state(job["id"], "SUCCEEDED", timeout=30)
+            wait_for(lambda: _samples(alice, job["id"]), timeout=10)
+            for ref in (job["id"], job["display_id"], job["submission_id"]):
+                refused = bob.get(f"/api/v1/jobs/{ref}/metrics")
+                assert refused.status_code == 404, refused.text
+                assert refused.json()["error"]["field"] == "job"
+            assert _samples(admin, job["id"]) == _samples(alice, job["id"])
+            missing = alice.get(f"/api/v1/jobs/{job['id']}/metrics", params={"task": "7"})
+            assert missing.status_code == 404 and missing.json()["error"]["field"] == "task"
+            assert len(_samples(alice, job["id"], task="0", last=1)) == 1
+            for last in ("0", "-3", "x", "100001"):
+                bad = alice.get(f"/api/v1/jobs/{job['id']}/metrics", params={"last": last})
+                assert bad.status_code == 422 and bad.json()["error"]["field"] == "last"
+            nobody = httpx.get(f"{fast.url}/api/v1/jobs/{job['id']}/metrics")
+            assert nobody.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"idle_gpu_timeout": -1, "resources": {"gpus": 1}}, "idle_gpu_timeout"),
+        ({"idle_gpu_timeout": "soon", "resources": {"gpus": 1}}, "idle_gpu_timeout"),
+        ({"idle_gpu_timeout": 60}, "idle_gpu_timeout"),
+        ({"idle_gpu_action": "stop", "resources": {"gpus": 1}}, "idle_gpu_action"),
+        ({"idle_gpu_action": "reboot"}, "idle_gpu_action"),
+    ],
+)
+def test_bad_idle_gpu_fields_are_a_4xx_naming_the_field(
+    live_server: LiveServer, api: httpx.Client, spec: dict[str, Any], field: str
+) -> None:
+    reply = api.post("/api/v1/jobs", json={"entrypoint": "true", **spec})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["field"] == field
+
+
+# ---- kept, bounded, across a restart, deleted with the job ------------------------------------
+
+
+def test_the_ring_keeps_the_latest_samples_across_a_restart_and_goes_with_the_job(
+    home: Path,
+) -> None:
+    settings = make_settings(home, usage_interval_seconds=0.1, usage_samples=4)
+    with running_server(settings) as first, first.client() as http:
+        job = _submit(http, entrypoint="sleep 30")
+        wait_for(lambda: len(_samples(http, job["id"])) == 4, timeout=30)
+        time.sleep(0.5)  # several more passes: the ring still holds 4
+        before = _samples(http, job["id"])
+        assert len(before) == 4
+    restarted = time.time()
+    with running_server(settings) as second, second.client() as http:
+        assert second.wait_state(job["id"], "RUNNING")
+
+        def newer() -> list[dict[str, Any]]:
+            found = _samples(http, job["id"])
+            stamps = [datetime.fromisoformat(s["timestamp"]).timestamp() for s in found]
+            return found if sum(t > restarted for t in stamps) >= 2 else []
+
+        after = wait_for(newer, timeout=30)
+        stamps = [datetime.fromisoformat(s["timestamp"]) for s in after]
+        assert len(after) == 4 and stamps == sorted(stamps)  # the newest replaced the oldest
+        assert after[0] in before or after[0]["timestamp"] > before[-1]["timestamp"]
+        assert http.delete(f"/api/v1/jobs/{job['id']}", params={"force": "true"}).status_code == 204
+        gone = http.get(f"/api/v1/jobs/{job['id']}/metrics")
+        assert gone.status_code == 404
+        stored = second.runtime.db.read_sync(partial(store_usage.job_samples, job_id=job["id"]))
+        assert stored == {}
+
+
+# ---- idle GPUs --------------------------------------------------------------------------------
+
+
+def _gpu_settings(home: Path, **overrides: Any) -> Any:
+    gpus = [GpuSpec(index=0, model="Scripted"), GpuSpec(index=1, model="Scripted")]
+    return make_settings(home, gpus=gpus, idle_gpu_threshold_percent=5, **FAST, **overrides)
+
+
+def _idle_events(http: httpx.Client, ref: Any, reason: str = "IdleGpu") -> list[dict[str, Any]]:
+    return [e for e in _events(http, ref) if e["reason"] == reason]
+
+
+def test_a_job_whose_gpu_stays_idle_is_warned_and_stopped_with_reason_idle_gpu(
+    home: Path,
+) -> None:
+    gpus = ScriptedGpus(count=2)
+    gpus.set(0, 90, used_gib=30)
+    gpus.set(1, 90, used_gib=30)
+    with running_server(_gpu_settings(home), gpus=gpus) as server, server.client() as http:
+        job = _submit(
+            http,
+            entrypoint="sleep 60",
+            resources={"gpus": 1},
+            idle_gpu_timeout=1,
+            idle_gpu_action="stop",
+        )
+        running = server.wait_state(job["id"], "RUNNING")
+        (mine,) = running["tasks"][0]["gpus"]
+        busy = wait_for(lambda: _samples(http, job["id"]), timeout=10)[-1]
+        assert [g["index"] for g in busy["gpus"]] == [mine]  # its own GPU only
+        assert busy["gpus"][0] == {
+            "index": mine,
+            "utilization_percent": 90.0,
+            "memory_used_bytes": 30 * GIB,
+            "memory_total_bytes": 80 * GIB,
+        }
+        time.sleep(1.5)  # busy for longer than the timeout: nothing happens
+        assert _idle_events(http, job["id"]) == []
+        gpus.set(mine, 0)
+        gpus.set(1 - mine, 0)
+        done = server.wait_state(job["id"], "FAILED", timeout=30)
+        events = _events(http, job["id"])
+    assert done["reason"] == "IDLE_GPU"
+    assert done["message"] == "its GPUs stayed idle longer than idle_gpu_timeout (1 s)"
+    reasons = [e["reason"] for e in events]
+    idle = events[reasons.index("IdleGpu")]
+    assert idle["type"] == "Warning"
+    assert f"GPU {mine} below 5% busy" in idle["message"]
+    assert "stopping the job" in idle["message"]
+    assert reasons.index("IdleGpu") < reasons.index("Killing") < reasons.index("Failed")
+    assert done["attempt"] == 0  # not retried
+
+
+def test_idle_gpu_action_warn_only_warns_once_per_idle_spell(home: Path) -> None:
+    gpus = ScriptedGpus(count=2)
+    with running_server(_gpu_settings(home), gpus=gpus) as server, server.client() as http:
+        job = _submit(
+            http, entrypoint="sleep 60", resources={"gpus": 2}, idle_gpu_timeout=0.5, max_retries=2
+        )
+        server.wait_state(job["id"], "RUNNING")
+        wait_for(lambda: len(_idle_events(http, job["id"])) == 1, timeout=15)
+        time.sleep(1.0)
+        assert len(_idle_events(http, job["id"])) == 1
+        gpus.set(1, 50)  # one of its two GPUs busy: the spell ends
+        wait_for(
+            lambda: _samples(http, job["id"], last=1)[0]["gpus"][1]["utilization_percent"] == 50
+        )
+        gpus.set(1, 0)
+        wait_for(lambda: len(_idle_events(http, job["id"])) == 2, timeout=15)
+        assert http.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "RUNNING"
+        assert "stopping" not in _idle_events(http, job["id"])[0]["message"]
+        http.post(f"/api/v1/jobs/{job['id']}/stop")
+        server.wait_state(job["id"], "STOPPED", timeout=30)
+
+
+@pytest.mark.skipif(_nvml_present(), reason="this machine has NVML: its GPUs are measured")
+def test_a_job_whose_gpus_cannot_be_measured_is_told_so_once_and_left_running(
+    home: Path,
+) -> None:
+    settings = _gpu_settings(home)  # GPUs declared, but no GPU source: NVML is not here
+    with running_server(settings) as server, server.client() as http:
+        job = _submit(
+            http,
+            entrypoint="sleep 60",
+            resources={"gpus": 1},
+            idle_gpu_timeout=0.3,
+            idle_gpu_action="stop",
+        )
+        server.wait_state(job["id"], "RUNNING")
+        wait_for(lambda: _idle_events(http, job["id"], "IdleGpuUnmeasured"), timeout=15)
+        time.sleep(1.0)
+        assert len(_idle_events(http, job["id"], "IdleGpuUnmeasured")) == 1
+        assert _idle_events(http, job["id"]) == []
+        assert all(s["gpus"] is None for s in _samples(http, job["id"]))
+        assert http.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "RUNNING"
+        http.post(f"/api/v1/jobs/{job['id']}/stop")
+        server.wait_state(job["id"], "STOPPED", timeout=30)
+
+
+@pytest.mark.skipif(_nvml_present(), reason="this machine has NVML")
+def test_nvml_where_it_is_not_there_gives_no_figures_not_zeros() -> None:
+    source = NvmlGpuSource()
+    assert source.read() is None
+    assert source.read() is None  # asked once; the answer stays
+    source.close()
+
+
+def test_metrics_count_the_samplers_own_cost(fast: LiveServer) -> None:
+    with fast.client() as http:
+        job = _submit(http, entrypoint="sleep 30")
+        wait_for(lambda: len(_samples(http, job["id"])) >= 3, timeout=30)
+        text = http.get("/metrics").text
+        http.post(f"/api/v1/jobs/{job['id']}/stop")
+    figures = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("jobyard_usage_")
+    }
+    assert figures["jobyard_usage_samples_total"] >= 3
+    assert figures["jobyard_usage_sampler_passes_total"] >= 3
+    assert 0 < figures["jobyard_usage_sampler_cpu_seconds_total"] < 10
+
+
+# ---- the store's ring, on both databases ------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    url = (
+        f"sqlite:///{tmp_path}/jobyard.db"
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("fresh_postgres_url"))
+    )
+    migrate(url)
+    database = Database(url)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def _sample(at: float, rss: int) -> UsageSample:
+    return UsageSample(
+        timestamp=datetime.fromtimestamp(at, UTC), cpu_cores=0.5, memory_rss_bytes=rss, gpus=[]
+    )
+
+
+async def test_the_ring_holds_the_latest_samples_and_a_deleted_job_takes_its_own(
+    db: Database,
+) -> None:
+    first = await db.write(partial(insert_job, new=new_job(), now=1.0))
+    second = await db.write(partial(insert_job, new=new_job(), now=1.0))
+    numbered = [
+        store_usage.NumberedSample(job, task, seq, _sample(1000.0 + seq, 2**40 + seq))
+        for seq in range(10)
+        for job in (first, second)
+        for task in (0, 1)
+    ]
+    for start in range(0, len(numbered), 4):
+        await db.write(partial(store_usage.record, samples=numbered[start : start + 4], ring=3))
+    kept = await db.read(partial(store_usage.job_samples, job_id=first))
+    assert sorted(kept) == [0, 1]
+    assert [s.memory_rss_bytes for s in kept[0]] == [2**40 + 7, 2**40 + 8, 2**40 + 9]
+    assert await db.read(partial(store_usage.last_numbers, keys=[(first, 0), (first, 5)])) == {
+        (first, 0): 9
+    }
+    latest = await db.read(partial(store_usage.job_samples, job_id=first, last=1))
+    assert [s.memory_rss_bytes for s in latest[1]] == [2**40 + 9]
+
+    await db.write(partial(delete_job, job_id=first))
+    assert await db.read(partial(store_usage.job_samples, job_id=first)) == {}
+    assert len((await db.read(partial(store_usage.job_samples, job_id=second)))[0]) == 3
+    late = [store_usage.NumberedSample(first, 0, 10, _sample(2000.0, 1))]
+    assert await db.write(partial(store_usage.record, samples=late, ring=3)) == 0  # dropped
