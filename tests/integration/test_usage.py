@@ -5,6 +5,10 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -383,3 +387,73 @@ async def test_the_ring_holds_the_latest_samples_and_a_deleted_job_takes_its_own
     assert len((await db.read(partial(store_usage.job_samples, job_id=second)))[0]) == 3
     late = [store_usage.NumberedSample(first, 0, 10, _sample(2000.0, 1))]
     assert await db.write(partial(store_usage.record, samples=late, ring=3)) == 0  # dropped
+
+
+# ---- jobyard metrics ---------------------------------------------------------------------------
+
+
+def test_jobyard_metrics_prints_a_table_json_and_redraws_with_watch(
+    fast: LiveServer, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from jobyard.cli.app import app
+
+    with fast.client() as http:
+        job = _submit(http, entrypoint=_python(HOLD.format(mib=32)))
+        wait_for(lambda: len(_samples(http, job["id"])) >= 3, timeout=30)
+        options = ["--url", fast.url, "--token", fast.token]
+        runner = CliRunner()
+        table = runner.invoke(app, [*options, "metrics", str(job["id"]), "--last", "2"])
+        assert table.exit_code == 0, table.output
+        lines = table.output.splitlines()
+        assert lines[0].split()[:4] == ["TASK", "TIME", "CPU", "(cores)"]
+        rows = [line for line in lines[1:] if line.startswith(job["display_id"])]
+        assert len(rows) == 2  # --last 2
+        for row in rows:  # task, time, CPU, RSS, and no GPU figures: '-', never 0
+            cells = re.split(r"\s{2,}", row.strip())
+            assert cells[0] == f"{job['display_id']}-worker-0" and cells[3].endswith(" MiB")
+            assert re.fullmatch(r"\d\d:\d\d:\d\d", cells[1]) and cells[4:] == ["-", "-"], cells
+        as_json = runner.invoke(app, [*options, "metrics", job["display_id"], "--json"])
+        assert as_json.exit_code == 0
+        assert '"cpu_cores"' in as_json.output and '"gpus": null' in as_json.output
+        both = runner.invoke(app, [*options, "metrics", "1", "--watch", "--json"])
+        assert both.exit_code == 2 and "--watch" in both.output
+        missing = runner.invoke(app, [*options, "metrics", "999999"])
+        assert missing.exit_code == 1 and "not found" in missing.output
+
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")},
+            "JOBYARD_URL": fast.url,
+            "JOBYARD_TOKEN": fast.token,
+            "JOBYARD_HOME": str(tmp_path / "client-home"),
+            "COLUMNS": "120",
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "jobyard",
+            "metrics",
+            str(job["id"]),
+            "-w",
+            "--interval",
+            "0.2",
+        ]
+        watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            assert watcher.stdout is not None
+            seen = b""
+            deadline = time.monotonic() + 30
+            while seen.count(b"every 0.2s") < 3 and time.monotonic() < deadline:
+                seen += watcher.stdout.read1(65536)
+            assert seen.count(b"every 0.2s") >= 3 and b"sampled every 0.1s" in seen, seen
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(timeout=15) == 130
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+            watcher.wait()
+            for stream in (watcher.stdout, watcher.stderr):
+                if stream is not None:
+                    stream.close()
+        http.post(f"/api/v1/jobs/{job['id']}/stop")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jobyard.cli import access, admin, jobs, scheduling
+from jobyard.cli import access, admin, jobs, scheduling, usage
 from jobyard.cli.session import ReportingGroup, Target
 
 app = typer.Typer(
@@ -86,6 +86,7 @@ app.command()(jobs.stop)
 app.command()(jobs.delete)
 app.command()(jobs.wait)
 app.command()(jobs.events)
+app.command()(usage.metrics)
 app.command(context_settings={"allow_interspersed_args": False})(access.ssh)
 app.command("port-forward")(access.port_forward)
 app.command()(scheduling.pools)

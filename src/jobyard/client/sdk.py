@@ -24,7 +24,7 @@ from typing import Self, TypeVar, Unpack
 
 import httpx
 
-from jobyard.client import calls
+from jobyard.client import calls, usage
 from jobyard.client.calls import Entrypoint, JobRef, ListFilters, SubmitOptions
 from jobyard.client.discovery import discover_token, discover_url
 from jobyard.client.errors import ServerUnreachable, WaitTimeout
@@ -41,6 +41,7 @@ from jobyard.client.models import (
     User,
     UserInfo,
 )
+from jobyard.client.usage import JobUsage
 
 T = TypeVar("T")
 
@@ -189,6 +190,12 @@ class Client:
 
     def events(self, ref: JobRef) -> builtins.list[Event]:
         return self._send(calls.job_events(ref))
+
+    def metrics(
+        self, ref: JobRef, task: str | int | None = None, last: int | None = None
+    ) -> JobUsage:
+        """Each task's usage samples (CPU, memory, GPUs), oldest first; kept after it ends."""
+        return self._send(usage.job_metrics(ref, task=task, last=last))
 
     def logs(
         self,
@@ -381,6 +388,11 @@ class AsyncClient:
 
     async def events(self, ref: JobRef) -> builtins.list[Event]:
         return await self._send(calls.job_events(ref))
+
+    async def metrics(
+        self, ref: JobRef, task: str | int | None = None, last: int | None = None
+    ) -> JobUsage:
+        return await self._send(usage.job_metrics(ref, task=task, last=last))
 
     async def logs(
         self,
