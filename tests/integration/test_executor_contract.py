@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import pty
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,7 +24,15 @@ import pytest
 
 from jobyard.config import GpuSpec, RaySettings, Settings
 from jobyard.errors import ExecutorRefused
-from jobyard.executors.base import Executor, Handle, StartedTask, StartFailed, TaskReport
+from jobyard.executors.base import (
+    Executor,
+    Handle,
+    Shell,
+    StartedTask,
+    StartFailed,
+    TaskReport,
+    TerminalSize,
+)
 from jobyard.executors.local.executor import LocalExecutor
 from jobyard.executors.registry import load_executor
 from jobyard.executors.slurm.executor import SlurmExecutor
@@ -396,29 +403,26 @@ async def test_what_a_finished_task_left_running_is_ended(
 # ---- a shell in the task ---------------------------------------------------------------------
 
 
-def run_in_pty(argv: list[str], env: dict[str, str], cwd: str, timeout: float = 30) -> str:
-    """Run argv on a pseudo-terminal (as the web terminal and SSH do); what it printed."""
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.chdir(cwd)
-        os.execvpe(argv[0], argv, env)
-    chunks, deadline = [], time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
+async def output_of(shell: Shell, timeout: float = 30) -> tuple[str, str, int]:
+    """(its output, its stderr, its exit code) once a shell has ended."""
+
+    async def everything(read: Callable[[], Any]) -> str:
+        chunks = []
+        while data := await read():
             chunks.append(data)
+        return b"".join(chunks).decode(errors="replace")
+
+    async def gather() -> tuple[str, str, int]:
+        out, err = await asyncio.gather(everything(shell.read), everything(shell.read_stderr))
+        return out, err, await shell.wait()
+
+    try:
+        return await asyncio.wait_for(gather(), timeout)
     finally:
-        os.close(fd)
-        os.waitpid(pid, 0)
-    return b"".join(chunks).decode(errors="replace")
+        await shell.end()
 
 
-async def test_a_shell_command_runs_in_the_task_and_only_while_it_runs(
+async def test_a_shell_runs_in_the_task_and_only_while_it_runs(
     executor: Executor, tmp_path: Path
 ) -> None:
     if "shell" not in executor.capabilities:
@@ -429,16 +433,24 @@ async def test_a_shell_command_runs_in_the_task_and_only_while_it_runs(
     (task,) = await executor.start(p)
     await wait_log(executor, task, "ready\n")
     await wait_report(executor, task.handle, until={TaskState.RUNNING})
-    shell = executor.shell_command(
-        p, 0, task.handle, 'echo "id=$JOBYARD_JOB_ID mine=$MINE cwd=$(pwd) tty=$(tty)"'
-    )
-    output = run_in_pty(shell.argv, shell.env, shell.cwd)
+    line = 'echo "id=$JOBYARD_JOB_ID mine=$MINE cwd=$(pwd) tty=$(tty) size=$(stty size)"; exit 3'
+    shell = await executor.open_shell(p, 0, task.handle, command=line, size=TerminalSize(33, 111))
+    assert shell.tty
+    output, _, code = await output_of(shell)
     assert f"id={p.job_id} mine=yes cwd={tmp_path}" in output
     assert "tty=/dev/pts/" in output  # a terminal, for interactive programs
+    assert "size=33 111" in output and code == 3
+    # Without a size: plain pipes (ssh host command), stderr apart, input to its end.
+    piped = await executor.open_shell(p, 0, task.handle, command="cat; echo err >&2; tty")
+    await piped.write(b"typed\n")
+    piped.close_input()
+    output, errors, code = await output_of(piped)
+    assert (output, code) == ("typed\nnot a tty\n", 1)
+    assert errors.endswith("err\n")  # (srun first says it disregards --pty without a terminal)
     await executor.stop(task.handle, grace=1)
     await wait_report(executor, task.handle)
     with pytest.raises(Exception, match="not running"):
-        executor.shell_command(p, 0, task.handle)
+        await executor.open_shell(p, 0, task.handle, size=TerminalSize(24, 80))
 
 
 # ---- restarts and unknown tasks --------------------------------------------------------------

@@ -1,19 +1,22 @@
-"""The local executor's posix_spawn through ctypes (GIL released) behaves as os.posix_spawn:
-same child, same errors, and the same result through the os fallback."""
+"""posix_spawn through ctypes (GIL released) behaves as os.posix_spawn: same child, same
+errors, and the same result through the os fallback and without the GNU file actions. A
+controlling terminal, a working directory and pipes come without preexec_fn."""
 
 from __future__ import annotations
 
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from jobyard.executors.local import spawn
-from jobyard.executors.local.spawn import spawn_session
+from jobyard.executors import spawn
+from jobyard.executors.shells import TerminalSize, open_pty
+from jobyard.executors.spawn import spawn_session
 
 
-@pytest.fixture(params=["ctypes", "ctypes without closefrom", "os"])
+@pytest.fixture(params=["ctypes", "ctypes without closefrom", "ctypes without chdir", "os"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param.startswith("ctypes") and spawn._LIBC is None:
         pytest.skip("this C library has no posix_spawn with POSIX_SPAWN_SETSID")
@@ -21,6 +24,8 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iter
         pytest.skip("this C library has no posix_spawn_file_actions_addclosefrom_np")
     if request.param == "ctypes without closefrom":
         monkeypatch.setattr(spawn, "_ADDCLOSEFROM", None)
+    if request.param == "ctypes without chdir":
+        monkeypatch.setattr(spawn, "_ADDCHDIR", None)
     if request.param == "os":
         monkeypatch.setattr(spawn, "_LIBC", None)
     yield request.param
@@ -91,3 +96,48 @@ def test_no_descriptor_above_stderr_reaches_the_child(way: str) -> None:
         os.close(leaked)
     assert code == 0
     assert sorted(int(fd) for fd in text.split()) == [0, 1, 2]
+
+
+def test_the_child_starts_in_the_directory_given(way: str, tmp_path: Path) -> None:
+    read, write = os.pipe()
+    try:
+        pid = spawn.spawn("/bin/sh", ["sh", "-c", "pwd"], {}, stdout=write, cwd=str(tmp_path))
+    finally:
+        os.close(write)
+    with os.fdopen(read) as out:
+        assert out.read() == f"{tmp_path}\n"
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_a_missing_directory_fails_the_spawn_or_exits_126(way: str, tmp_path: Path) -> None:
+    """With the chdir file action posix_spawn fails (ENOENT); without, the shell that changes
+    directory exits 126, as the task supervisor does."""
+    try:
+        pid = spawn.spawn("/bin/true", ["true"], {}, cwd=str(tmp_path / "missing"))
+    except FileNotFoundError:
+        assert way.startswith("ctypes") and way != "ctypes without chdir"
+        return
+    assert way in ("ctypes without chdir", "os")
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 126
+
+
+def test_a_terminal_becomes_the_controlling_terminal(way: str) -> None:
+    """Opened after setsid, the pty is the child's controlling terminal, and its group is the
+    terminal's foreground group (what a shell's job control and ^C need)."""
+    master, path = open_pty(TerminalSize(rows=33, cols=111))
+    script = (
+        'read -r _ _ _ _ pgid sid tty tpgid _ < /proc/$$/stat; echo "$$ $pgid $sid $tpgid"; '
+        "stty size; tty"
+    )
+    try:
+        pid = spawn.spawn("/bin/sh", ["sh", "-c", script], {"PATH": os.defpath}, terminal=path)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        os.set_blocking(master, True)
+        text = b""
+        while not text.endswith(path.encode() + b"\r\n"):
+            text += os.read(master, 4096)
+    finally:
+        os.close(master)
+    ids, size, tty = text.decode().splitlines()
+    assert ids.split() == [str(pid)] * 4
+    assert (size, tty, code) == ("33 111", path, 0)

@@ -25,35 +25,28 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import secrets
-import signal
-import struct
-import subprocess
-import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 
 from jobyard.errors import JobyardError
 from jobyard.model import EventType, JobState
-from jobyard.service import JobService, ShellCommand, User
+from jobyard.service import JobService, Shell, TerminalSize, User
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 _KEYS = 0
 _RESIZE = 4
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 ROUTE_NAME = "webterminal"
+_SIZE = TerminalSize(rows=24, cols=80)  # until the client says its own
 
 
 @dataclass(frozen=True)
@@ -109,19 +102,25 @@ async def webterminal(websocket: WebSocket) -> None:
         await websocket.close(POLICY_VIOLATION, "terminal token is unknown, used or expired")
         return
     try:
-        job, shell = await jobs.shell(grant.user, grant.job, grant.task)
+        job, shell = await jobs.open_shell(grant.user, grant.job, grant.task, size=_SIZE)
     except JobyardError as exc:
-        await websocket.close(INTERNAL_ERROR, exc.message[:120])
+        reason = exc.message
+        if exc.code == "start_failed":
+            log.warning("web terminal: %s", exc.message)
+            reason = "cannot start a shell in the pod"
+        await websocket.close(INTERNAL_ERROR, reason[:120])
         return
     log.info("web terminal opened by %s into %s", grant.user.name, grant.task)
-    await jobs.record_event(
-        job.id,
-        EventType.NORMAL,
-        "WebTerminal",
-        f"{grant.user.name} opened a terminal into {grant.task}",
-    )
-    watcher = _job_watcher(jobs, grant)
-    await run_terminal(websocket, shell, watcher)
+    try:
+        await jobs.record_event(
+            job.id,
+            EventType.NORMAL,
+            "WebTerminal",
+            f"{grant.user.name} opened a terminal into {grant.task}",
+        )
+        await run_terminal(websocket, shell, _job_watcher(jobs, grant))
+    finally:
+        await shell.end()
     log.info("web terminal into %s (job %s) closed", grant.task, job.display_id)
 
 
@@ -147,115 +146,6 @@ def _job_watcher(
     return start
 
 
-# ---- the pseudo-terminal ------------------------------------------------------------------------
-
-
-def _controlling_tty(slave: int) -> Callable[[], None]:
-    """In the child, before exec: a new session whose controlling terminal is `slave`. The fd
-    is named rather than 0, because uvloop runs this before it sets up the child's stdio."""
-
-    def become_leader() -> None:  # pragma: no cover - runs in the child
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-
-    return become_leader
-
-
-def set_window_size(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-async def spawn(shell: ShellCommand, rows: int = 24, cols: int = 80) -> Pty:
-    """The shell in its own session with a new pseudo-terminal as controlling terminal."""
-    master, slave = os.openpty()
-    try:
-        set_window_size(slave, rows, cols)
-        proc = await asyncio.create_subprocess_exec(
-            *shell.argv,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=shell.cwd,
-            env=shell.env,
-            preexec_fn=_controlling_tty(slave),
-        )
-    except BaseException:
-        os.close(master)
-        raise
-    finally:
-        os.close(slave)
-    os.set_blocking(master, False)
-    return Pty(master, proc)
-
-
-class Pty:
-    """The master side of a running shell's terminal."""
-
-    def __init__(self, master: int, proc: asyncio.subprocess.Process) -> None:
-        self.master = master
-        self.proc = proc
-        self.output: asyncio.Queue[bytes] = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(master, self._readable)
-        self._closed = False
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, _CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: the shell and everything holding the terminal are gone
-            data = b""
-        if not data:
-            self._loop.remove_reader(self.master)
-        self.output.put_nowait(data)
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self._closed:
-            try:
-                view = view[os.write(self.master, view) :]
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-
-    def resize(self, rows: int, cols: int) -> None:
-        if not self._closed:
-            set_window_size(self.master, rows, cols)
-
-    async def close(self, grace: float = 1.0) -> None:
-        """End the shell, its process group and every descendant; wait for the shell."""
-        if self._closed:
-            return
-        self._closed = True
-        victims = _descendants(self.proc.pid)
-        _signal_all(self.proc.pid, victims, signal.SIGHUP)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), grace)
-        _signal_all(self.proc.pid, [p for p in victims if p.is_running()], signal.SIGKILL)
-        await self.proc.wait()
-        self._loop.remove_reader(self.master)
-        os.close(self.master)
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _signal_all(leader: int, others: list[psutil.Process], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, sig)
-        if sig == signal.SIGHUP:
-            os.killpg(leader, signal.SIGCONT)  # a stopped job would not see the hangup
-    for proc in others:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)
-            if sig == signal.SIGHUP:
-                proc.send_signal(signal.SIGCONT)
-
-
 # ---- the socket -------------------------------------------------------------------------------
 
 
@@ -277,19 +167,14 @@ class _Output:
 
 
 async def run_terminal(
-    websocket: WebSocket, shell: ShellCommand, watch: Callable[[], asyncio.Future[str]]
+    websocket: WebSocket, shell: Shell, watch: Callable[[], asyncio.Future[str]]
 ) -> None:
-    """Serve one accepted WebSocket with `shell` under a pty until either side ends."""
-    try:
-        pty = await spawn(shell)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("web terminal: cannot start %s: %s", shell.argv[0], exc)
-        await websocket.close(INTERNAL_ERROR, "cannot start a shell in the pod")
-        return
+    """Relay one accepted WebSocket and a shell under a pty until either side ends; then the
+    shell and everything it started end (Shell.end)."""
     out = _Output(websocket)
     tasks: dict[asyncio.Future[Any], str] = {
-        asyncio.ensure_future(_pump_output(pty, out)): "output",
-        asyncio.ensure_future(_pump_input(websocket, pty, out)): "input",
+        asyncio.ensure_future(_pump_output(shell, out)): "output",
+        asyncio.ensure_future(_pump_input(websocket, shell, out)): "input",
         watch(): "job",
     }
     try:
@@ -297,7 +182,8 @@ async def run_terminal(
     finally:
         for task in tasks:
             task.cancel()
-        await pty.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await shell.end()
     ended = {tasks[task]: task for task in done}
     for task in done:  # a send to a client that has gone: nothing more to tell it
         if not task.cancelled() and task.exception() is not None:
@@ -311,12 +197,12 @@ async def run_terminal(
         await websocket.close(1000, "shell ended")
 
 
-async def _pump_output(pty: Pty, out: _Output) -> None:
-    while data := await pty.output.get():
+async def _pump_output(shell: Shell, out: _Output) -> None:
+    while data := await shell.read():
         await out.send(data)
 
 
-async def _pump_input(websocket: WebSocket, pty: Pty, out: _Output) -> None:
+async def _pump_input(websocket: WebSocket, shell: Shell, out: _Output) -> None:
     while True:
         try:
             message = await websocket.receive()
@@ -326,23 +212,23 @@ async def _pump_input(websocket: WebSocket, pty: Pty, out: _Output) -> None:
             return
         if message.get("text") is not None:
             out.text = True
-            await pty.write(message["text"].encode())
+            await shell.write(message["text"].encode())
         elif message.get("bytes"):
-            await _channel(message["bytes"], pty)
+            await _channel(message["bytes"], shell)
 
 
-async def _channel(frame: bytes, pty: Pty) -> None:
+async def _channel(frame: bytes, shell: Shell) -> None:
     channel, payload = frame[0], frame[1:]
     if channel == _KEYS and payload.strip(b"\x00"):
-        await pty.write(payload)
+        await shell.write(payload)
     elif channel == _RESIZE:
         size = _window_size(payload)
         if size is not None:
-            pty.resize(*size)
+            shell.resize(size)
 
 
-def _window_size(payload: bytes) -> tuple[int, int] | None:
-    """(rows, cols) from {"Height", "Width"}; None for anything else (ignored)."""
+def _window_size(payload: bytes) -> TerminalSize | None:
+    """The size {"Height", "Width"} asks for; None for anything else (ignored)."""
     try:
         body = json.loads(payload)
         rows, cols = int(body["Height"]), int(body["Width"])
@@ -350,4 +236,4 @@ def _window_size(payload: bytes) -> tuple[int, int] | None:
         return None
     if not (1 <= rows <= 10_000 and 1 <= cols <= 10_000):
         return None
-    return rows, cols
+    return TerminalSize(rows, cols)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from jobyard.errors import ExecutorRefused, JobyardError
+from jobyard.executors.shells import Shell, ShellCommand, TerminalSize, open_local_shell
 from jobyard.model import PendingReason, Placement, TaskState, TerminationReason
 from jobyard.model.capacity import Capacity, GpuInfo
 
@@ -19,10 +20,12 @@ __all__ = [
     "GpuInfo",
     "Handle",
     "InterruptedStart",
+    "Shell",
     "ShellCommand",
     "StartFailed",
     "StartedTask",
     "TaskReport",
+    "TerminalSize",
 ]
 
 
@@ -64,19 +67,6 @@ class TaskReport:
     # EXITED: why it ended where that is not its exit code's to say (IMAGE_PULL_FAILED), with
     # `message` saying what happened (the container runtime's own words).
     reason: TerminationReason | None = None
-
-
-@dataclass(frozen=True)
-class ShellCommand:
-    """How to open a shell (or run one command) inside a running task, under a pseudo-terminal.
-
-    The caller (web terminal, SSH gateway) spawns `argv` with `env` in `cwd` on this server;
-    for a remote executor `argv` is the command that reaches the task (e.g. `srun --overlap`).
-    """
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
 
 
 class Executor(ABC):
@@ -167,6 +157,33 @@ class Executor(ABC):
         `command`, in the running task's environment: its cwd, env and node.
         Executors without the "shell" capability refuse."""
         raise ExecutorRefused(f"the {self.kind} executor cannot open a shell into a task")
+
+    async def open_shell(
+        self,
+        placement: Placement,
+        task_index: int,
+        handle: Handle,
+        *,
+        command: str | None = None,
+        size: TerminalSize | None = None,
+        term: str | None = None,
+    ) -> Shell:
+        """Start an interactive login shell (command None), or the command line `command`,
+        inside the running task the handle names: under a new pseudo-terminal of `size` (its
+        TERM `term` when given), or with plain pipes when size is None (`ssh host command`).
+        Returns promptly with the running Shell; the caller relays its bytes and ends it.
+        Raises ExecutorRefused where this executor has no "shell" capability (or the task is
+        not running), StartFailed where the shell cannot be started.
+
+        By default, `shell_command()` spawned on this server (the local executor's own shell,
+        Slurm's `srun --overlap --pty`); an executor that reaches its tasks another way (a
+        container's `podman exec -it`) overrides either."""
+        shell = self.shell_command(placement, task_index, handle, command)
+        try:
+            return await open_local_shell(shell, size, term)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StartFailed(f"cannot start the shell {shell.argv[0]!r}: {reason}") from exc
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a do-nothing default
         """Stop watching tasks. Running tasks are left running (they outlive the server)."""

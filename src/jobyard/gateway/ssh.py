@@ -7,20 +7,17 @@ chrooted to the task's working directory, or `-L` forwarding to the job's own po
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from jobyard.errors import JobyardError
-from jobyard.gateway.processes import kill_group, run_in_pty, run_with_pipes
-from jobyard.service.access import AccessService, Lease
+from jobyard.gateway.sessions import open_for, relay
+from jobyard.service.access import AccessService, Lease, Shell
 
 log = logging.getLogger("jobyard.gateway.ssh")
 
@@ -147,7 +144,7 @@ class SshListener:
         self._host_key = host_key
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self.connections: set[asyncssh.SSHServerConnection] = set()
-        self._started: set[asyncio.subprocess.Process] = set()
+        self._shells: set[Shell] = set()
 
     async def start(self, host: str) -> None:
         self._acceptor = await asyncssh.listen(
@@ -171,8 +168,8 @@ class SshListener:
         """The job ended: no new sessions, and the open ones (and what they run) end too."""
         if self._acceptor is not None:
             self._acceptor.close()
-        for proc in list(self._started):
-            kill_group(proc, signal.SIGKILL)
+        for shell in list(self._shells):
+            shell.kill()
         for conn in list(self.connections):
             conn.close()
         self.connections.clear()
@@ -184,17 +181,14 @@ class SshListener:
     async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         session: _Session = process.get_extra_info("jobyard_session")
         try:
-            _, shell = await self.access.shell(self.lease, session.task, process.command)
+            shell = await open_for(process, self.access, self.lease, session.task)
         except JobyardError as exc:
             process.stderr.write(f"jobyard: {exc.message}\r\n".encode())
-            process.exit(1)
+            process.exit(127 if exc.code == "start_failed" else 1)
             return
+        self._shells.add(shell)
         try:
-            if process.term_type is not None:
-                code = await run_in_pty(process, shell, self._started)
-            else:
-                code = await run_with_pipes(process, shell, self._started)
-        except (OSError, subprocess.SubprocessError) as exc:
-            process.stderr.write(f"jobyard: cannot start the shell: {exc}\r\n".encode())
-            code = 127
+            code = await relay(process, shell)
+        finally:
+            self._shells.discard(shell)
         process.exit(code)

@@ -1,6 +1,6 @@
 """The one core API. Faces call this; it enforces ownership and the state machine."""
 
-from jobyard.executors.base import ShellCommand
+from jobyard.executors.base import Shell, ShellCommand, TerminalSize
 from jobyard.service.auth import AuthService, User
 from jobyard.service.jobs import JobQuery, JobRequest, JobService, Submitted
 from jobyard.service.logs import LogQuery, LogService
@@ -12,7 +12,9 @@ __all__ = [
     "JobService",
     "LogQuery",
     "LogService",
+    "Shell",
     "ShellCommand",
     "Submitted",
+    "TerminalSize",
     "User",
 ]

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 
 from jobyard.config import Settings
 from jobyard.errors import InvalidInput, NotFound
-from jobyard.executors.base import ShellCommand
+from jobyard.executors.base import Shell, ShellCommand, TerminalSize
 from jobyard.model import EventType, Job, JobState
 from jobyard.model.job import Lease, PortProtocol, PortSpec
 from jobyard.service.auth import User
@@ -268,6 +268,21 @@ class AccessService:
         owner = User(id=0, name=lease.owner, is_admin=False)
         return await self._jobs.shell(owner, str(lease.job_id), task, command)
 
+    async def open_shell(
+        self,
+        lease: Lease,
+        task: str | None,
+        command: str | None,
+        *,
+        size: TerminalSize | None = None,
+        term: str | None = None,
+    ) -> tuple[Job, Shell]:
+        """Start that shell (or `command`): under a pseudo-terminal of `size`, else with pipes."""
+        owner = User(id=0, name=lease.owner, is_admin=False)
+        return await self._jobs.open_shell(
+            owner, str(lease.job_id), task, command, size=size, term=term
+        )
+
     async def record_session(self, job_id: int, message: str) -> None:
         await self._jobs.record_event(job_id, EventType.NORMAL, "SSHSession", message)
 
@@ -302,4 +317,13 @@ class AccessService:
             raise NotFound(f"key {key_id} not found", field="key")
 
 
-__all__ = ["LIVE_STATES", "AccessService", "JobAccess", "Lease", "PublicKey", "ShellCommand"]
+__all__ = [
+    "LIVE_STATES",
+    "AccessService",
+    "JobAccess",
+    "Lease",
+    "PublicKey",
+    "Shell",
+    "ShellCommand",
+    "TerminalSize",
+]

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
@@ -26,7 +26,7 @@ from jobyard.errors import (
     LimitExceeded,
     NotFound,
 )
-from jobyard.executors.base import Executor, ShellCommand
+from jobyard.executors.base import Executor, Shell, ShellCommand, TerminalSize
 from jobyard.model import (
     Event,
     EventType,
@@ -159,7 +159,9 @@ def _use_of(jobs: Sequence[Job]) -> ResourceUse:
     return use
 
 
-def _task_of(job: Job, name: str | None) -> Task:
+def find_task(job: Job, name: str | None) -> Task:
+    """A task of the job by name or index, or the first when none is named (the one lookup
+    every face and service uses: a log, a shell, a terminal)."""
     if name is None or name == "":
         if not job.tasks:
             raise Conflict(f"job {job.display_id} has no tasks yet", field="task")
@@ -167,7 +169,8 @@ def _task_of(job: Job, name: str | None) -> Task:
     for task in job.tasks:
         if name in (task.name, str(task.index)):
             return task
-    raise NotFound(f"job {job.display_id} has no task {name!r}", field="task")
+    names = ", ".join(t.name for t in job.tasks)
+    raise NotFound(f"job {job.display_id} has no task {name!r}; tasks: {names}", field="task")
 
 
 def _new_secrets(spec: JobSpec) -> dict[str, str]:
@@ -521,10 +524,35 @@ class JobService:
     ) -> tuple[Job, ShellCommand]:
         """How to open a shell (or run `command`) inside a running task of the user's job.
 
-        `task_name` is a task's name or index; None means the first task. The caller spawns
-        the command under a pseudo-terminal and ends it when the job ends."""
+        `task_name` is a task's name or index; None means the first task. What it describes
+        is what `open_shell` starts (the SSH gateway's SFTP serves its cwd)."""
+        job, placement, task, handle = await self._running_task(user, ref, task_name)
+        return job, self._executor.shell_command(placement, task.index, handle, command)
+
+    async def open_shell(
+        self,
+        user: User,
+        ref: str,
+        task_name: str | None = None,
+        command: str | None = None,
+        *,
+        size: TerminalSize | None = None,
+        term: str | None = None,
+    ) -> tuple[Job, Shell]:
+        """Start a shell (or `command`) inside a running task of the user's job: under a
+        pseudo-terminal of `size`, or with pipes when size is None (Executor.open_shell). The
+        caller relays its bytes and ends it (Shell.end) when the job ends or the client goes."""
+        job, placement, task, handle = await self._running_task(user, ref, task_name)
+        shell = await self._executor.open_shell(
+            placement, task.index, handle, command=command, size=size, term=term
+        )
+        return job, shell
+
+    async def _running_task(
+        self, user: User, ref: str, task_name: str | None
+    ) -> tuple[Job, Placement, Task, dict[str, Any]]:
         job = await self.get(user, ref)
-        task = _task_of(job, task_name)
+        task = find_task(job, task_name)
         if job.state is not JobState.RUNNING or task.handle is None or task.state.is_finished():
             raise Conflict(
                 f"task {task.name} of job {ref!r} is not running (job is {job.state.value})",
@@ -540,7 +568,7 @@ class JobService:
                 for t in job.tasks
             ],
         )
-        return job, self._executor.shell_command(placement, task.index, task.handle, command)
+        return job, placement, task, task.handle
 
     # ---- stop and delete ----------------------------------------------------------------------
 

@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from jobyard.config import MAX_LOG_READ_BYTES
-from jobyard.errors import NotFound
 from jobyard.executors.base import Executor
 from jobyard.model import Job, Task
 from jobyard.service.auth import User
-from jobyard.service.jobs import JobService
+from jobyard.service.jobs import JobService, find_task
 
 _CHUNK = 64 * 1024
 MAX_READ = MAX_LOG_READ_BYTES
@@ -41,7 +40,7 @@ class LogService:
 
     async def read(self, user: User, ref: str, query: LogQuery) -> bytes:
         job = await self._jobs.get(user, ref)
-        task = pick_task(job, query.task)
+        task = find_task(job, query.task)
         if task.handle is None:
             return b""
         start = self._start_offset(task, query)
@@ -51,13 +50,13 @@ class LogService:
         """Check the job and task now (so a bad ref is a 404 before any output), then return
         a stream of new output that ends once the task has ended and all is sent."""
         job = await self._jobs.get(user, ref)
-        pick_task(job, query.task)
+        find_task(job, query.task)
         return self._follow(user, ref, query, job)
 
     async def _follow(
         self, user: User, ref: str, query: LogQuery, job: Job
     ) -> AsyncIterator[bytes]:
-        task = pick_task(job, query.task)
+        task = find_task(job, query.task)
         offset = None
         while True:
             if task.handle is not None:
@@ -72,7 +71,7 @@ class LogService:
                 return
             await asyncio.sleep(self._follow_poll)
             job = await self._jobs.get(user, ref)
-            task = pick_task(job, query.task)
+            task = find_task(job, query.task)
 
     def _start_offset(self, task: Task, query: LogQuery) -> int:
         if query.tail is not None:
@@ -97,14 +96,3 @@ class LogService:
                         return start + i + 1
             end = start
         return 0
-
-
-def pick_task(job: Job, name: str | None) -> Task:
-    """A task by name, by index, or the first when none is named."""
-    if name is None or name == "":
-        return job.tasks[0]
-    for task in job.tasks:
-        if name in (task.name, str(task.index)):
-            return task
-    names = ", ".join(t.name for t in job.tasks)
-    raise NotFound(f"job {job.display_id} has no task {name!r}; tasks: {names}", field="task")

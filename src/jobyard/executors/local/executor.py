@@ -44,7 +44,7 @@ from jobyard.executors.base import (
 from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.local import processes
 from jobyard.executors.local.gpus import discover_gpus
-from jobyard.executors.local.spawn import spawn_session
+from jobyard.executors.spawn import descendants, exit_code, signal_group, spawn_session
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
 
@@ -154,8 +154,8 @@ class LocalExecutor(Executor):
             return
         if not self._owns(handle):
             return
-        escaped = _descendants(pid)
-        _signal_group(pid, signal.SIGTERM)
+        escaped = descendants(pid)
+        signal_group(pid, signal.SIGTERM)
         self._stopping[pid] = asyncio.create_task(self._kill_after(handle, grace, escaped))
 
     def shell_command(
@@ -309,7 +309,7 @@ class LocalExecutor(Executor):
         return pidfd
 
     def _on_exit(self, pid: int) -> None:
-        _signal_group(pid, signal.SIGKILL)  # a zombie leader still holds its group: clean it out
+        signal_group(pid, signal.SIGKILL)  # a zombie leader still holds its group: clean it out
         self._reap(pid)
         self.wakeup()
 
@@ -320,8 +320,7 @@ class LocalExecutor(Executor):
             waited, status = pid, 255 << 8  # reaped elsewhere: the exit code is unknowable
         if waited == 0:
             return None
-        code = os.waitstatus_to_exitcode(status)
-        code = 128 - code if code < 0 else code  # killed by signal N -> 128+N, as a shell says
+        code = exit_code(status)  # killed by signal N -> 128+N, as a shell says
         if pid in self._forgotten:
             self._forgotten.discard(pid)
         else:
@@ -410,7 +409,7 @@ class LocalExecutor(Executor):
             while time.monotonic() < deadline and self._owns(handle):
                 await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
             if self._owns(handle):
-                _signal_group(pid, signal.SIGKILL)
+                signal_group(pid, signal.SIGKILL)
             for proc in escaped:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
@@ -438,18 +437,6 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return fields[0].decode(), int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _key(handle: Handle) -> processes.TaskKey | None:
