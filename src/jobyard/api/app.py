@@ -27,7 +27,12 @@ from jobyard.metrics import Metrics
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.access import AccessService
 from jobyard.service.usage import UsageService
-from jobyard.web import WebSocketOriginCheck, docs_router, router as web_router
+from jobyard.web import (
+    WebSocketOriginCheck,
+    docs_router,
+    router as web_router,
+    usage_router as web_usage_router,
+)
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -77,6 +82,7 @@ def create_app(
     app.include_router(usage_router)  # /api/v1/jobs/{ref}/metrics
     app.include_router(metrics_router)  # /metrics, admins only
     app.include_router(docs_router)  # /docs and /redoc
+    app.include_router(web_usage_router)  # the dashboard's usage charts
     app.include_router(web_router)  # the dashboard, at / (last: the faces' routes win)
     app.add_middleware(WebSocketOriginCheck)  # browsers open /webterminal from here only
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts every answer

@@ -7,5 +7,6 @@ It is a face like the others: it reaches the core only through the services on `
 from jobyard.web.docs import router as docs_router
 from jobyard.web.origin import WebSocketOriginCheck
 from jobyard.web.routes import router
+from jobyard.web.usage import router as usage_router
 
-__all__ = ["WebSocketOriginCheck", "docs_router", "router"]
+__all__ = ["WebSocketOriginCheck", "docs_router", "router", "usage_router"]

@@ -1,6 +1,6 @@
 """Where the dashboard's files come from: its own static files, and the npm packages' dist
-files (xterm.js; Swagger UI and ReDoc for the API docs) served straight from
-`web/node_modules` (installed by `make assets`)."""
+files (xterm.js; uPlot for the usage charts; Swagger UI and ReDoc for the API docs) served
+straight from `web/node_modules` (installed by `make assets`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ VENDOR_FILES: dict[str, tuple[str, str, str]] = {
     "swagger-ui.css": ("swagger-ui-dist", "swagger-ui.css", "text/css"),
     "swagger-favicon.png": ("swagger-ui-dist", "favicon-32x32.png", "image/png"),
     "redoc.standalone.js": ("redoc", "bundles/redoc.standalone.js", "text/javascript"),
+    "uPlot.iife.min.js": ("uplot", "dist/uPlot.iife.min.js", "text/javascript"),
+    "uPlot.min.css": ("uplot", "dist/uPlot.min.css", "text/css"),
 }
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 

@@ -193,6 +193,8 @@ function renderJob(ref) {
   const termButton = el("button", { type: "button", id: "open-terminal", onclick: () => openTerminal() }, "Terminal");
   const termBox = el("div", { id: "terminal-box" });
   const logs = logView(ref);
+  const usage = usageView(ref);  // usage.js
+  cleanup.push(() => usage.destroy());
   let job = null;
 
   async function act(what) {
@@ -220,7 +222,7 @@ function renderJob(ref) {
     head, message,
     el("div", { class: "actions" }, stopButton, deleteButton, cloneButton, me.terminal ? termButton : null),
     termBox, portsBox,
-    el("h2", { text: "Logs" }), logs.node,
+    el("h2", { text: "Logs" }), logs.node, usage.node,
     el("div", { class: "grid" },
       el("section", {}, el("h2", { text: "Timeline" }), timeline),
       el("section", {}, el("h2", { text: "Spec" }), spec)),
@@ -263,6 +265,7 @@ function renderJob(ref) {
     ));
     portsBox.className = job.ports.length ? "" : "hidden";
     logs.setTasks(job.tasks.map((t) => t.name));
+    usage.refresh(job);
   });
 }
 
