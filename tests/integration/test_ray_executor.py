@@ -30,12 +30,12 @@ from ray.job_submission import JobSubmissionClient
 
 from jobyard.config import RaySettings, Settings
 from jobyard.errors import ExecutorRefused
-from jobyard.executors.base import Handle, TaskReport
+from jobyard.executors.base import Handle, InterruptedStart, TaskReport
 from jobyard.executors.ray.client import RayJob
 from jobyard.executors.ray.executor import RayExecutor
 from jobyard.executors.ray.status import capacity_of, driver_output, report_of
 from jobyard.executors.ray.submission import build_submission, check_spec
-from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model import JobSpec, Placement, TaskState, TerminationReason
 from jobyard.model.job import TaskPlacement
 from tests.helpers import LiveServer, make_settings, running_server, wait_for
 from tests.integration.ray_support import (
@@ -245,18 +245,29 @@ async def test_a_running_job_ray_no_longer_knows_is_lost_saying_so(
     await wait_log(executor, task.handle, b"ready\n")
     handle = {**task.handle, "submission_id": f"{task.handle['submission_id']}-gone"}
     (report,) = await executor.poll([handle])  # as after a head restart: Ray has no such job
-    assert report.state is TaskState.LOST and "no longer knows" in report.message
+    assert (report.state, report.reason) == (TaskState.LOST, TerminationReason.LOST)
+    assert "no longer knows" in report.message
 
 
-async def test_a_start_that_was_never_recorded_is_taken_over_and_a_retry_is_new(
+async def test_a_start_that_was_never_recorded_is_found_and_a_retry_is_new(
     executor: RayExecutor, ray_head: RayHead, home: Path
 ) -> None:
     p = placement(entrypoint="echo ran; sleep 2")
+    since = time.time()
     (first,) = await executor.start(p)
-    (again,) = await executor.start(p)  # the server crashed before storing the first handle
+    (again,) = await executor.start(p)  # started again while Ray runs it: taken over
     assert again.handle["submission_id"] == first.handle["submission_id"]
-    assert (await wait_report(executor, again.handle)).exit_code == 0
-    assert executor.read_log(again.handle, 0, 100) == b"ran\n"  # it ran once
+    restarted = RayExecutor(settings_at(home, ray_head.dashboard))  # its handle never stored
+    try:
+        [[found]] = await restarted.find_started([InterruptedStart(p, since)])
+        assert found is not None and found.handle == {**first.handle, "deferred": None}
+        assert (await wait_report(restarted, found.handle)).exit_code == 0
+        assert restarted.read_log(found.handle, 0, 100) == b"ran\n"  # it ran once
+        later = InterruptedStart(p, time.time())  # a later attempt's: this one is not it
+        never = InterruptedStart(placement(entrypoint="true"), since)  # nothing in Ray
+        assert await restarted.find_started([later, never]) == [[None], [None]]
+    finally:
+        await restarted.close()
     (retry,) = await executor.start(p)  # a retry of the same task: Ray never reuses an id
     assert retry.handle["submission_id"] == f"{first.handle['submission_id']}-2"
     assert (await wait_report(executor, retry.handle)).exit_code == 0
@@ -267,7 +278,7 @@ async def test_a_job_ray_cannot_set_up_is_lost_with_rays_reason(executor: RayExe
     p = placement(entrypoint="true", working_dir="gcs://_ray_pkg_0000000000000000.zip")
     (task,) = await executor.start(p)
     report = await wait_report(executor, task.handle)
-    assert report.state is TaskState.LOST
+    assert (report.state, report.reason) == (TaskState.LOST, TerminationReason.START_FAILED)
     assert "RUNTIME_ENV_SETUP_FAILURE" in report.message
     assert (
         "jobyard: the Ray job failed (RUNTIME_ENV_SETUP_FAILURE)"

@@ -60,6 +60,7 @@ class RayJob:
     message: str = ""
     error_type: str | None = None
     exit_code: int | None = None
+    start_ms: int | None = None  # when Ray took the submission
     node_id: str | None = None  # the node its driver runs on, once it started
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -76,6 +77,7 @@ def _ray_job(details: JobDetails) -> RayJob:
         message=details.message or "",
         error_type=details.error_type,
         exit_code=details.driver_exit_code,
+        start_ms=details.start_time,
         node_id=details.driver_node_id,
         metadata=dict(details.metadata or {}),
     )

@@ -35,17 +35,26 @@ from typing import Any, ClassVar
 
 from jobyard.config import EnvironmentSpec, Settings
 from jobyard.errors import ExecutorUnavailable
-from jobyard.executors.base import Capacity, Executor, Handle, StartedTask, StartFailed, TaskReport
+from jobyard.executors.base import (
+    Capacity,
+    Executor,
+    Handle,
+    InterruptedStart,
+    StartedTask,
+    StartFailed,
+    TaskReport,
+)
 from jobyard.executors.environment import catalog_entry
 from jobyard.executors.ray.client import RayClient, RayJob, RayRefused, Unreachable
 from jobyard.executors.ray.status import capacity_of, driver_output, report_of, was_killed
 from jobyard.executors.ray.submission import (
     Submission,
+    base_id,
     build_submission,
     check_spec,
     submission_id,
 )
-from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model import JobSpec, Placement, TaskState, TerminationReason
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +95,7 @@ class RayExecutor(Executor):
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()  # set when there is something new to watch
 
     # ---- capacity and refusals ----------------------------------------------------------------
 
@@ -165,8 +175,7 @@ class RayExecutor(Executor):
         working_dir = placement.spec.working_dir
         if working_dir and "://" not in working_dir and not Path(working_dir).is_dir():
             raise StartFailed(f"working_dir {working_dir!r} does not exist or is not a directory")
-        task = placement.tasks[0]
-        path = self._logs_dir / str(placement.job_id) / task.name
+        path = self._files_of(placement)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             Path(f"{path}.exit").unlink(missing_ok=True)  # an earlier attempt's
@@ -179,21 +188,68 @@ class RayExecutor(Executor):
             stop_wait=self._settings.stop_grace_seconds,
             gpu_type=self._gpu_type(placement.spec.resources.gpu_model),
             instance=self._instance,
+            log_base=base,
         )
         submitted, deferred = await self._submit(submission)
-        handle: Handle = {
-            "submission_id": submitted.submission_id,
-            "task": task.index,
+        handle = self._handle(placement, submitted.submission_id, base)
+        handle["deferred"] = submitted.to_json() if deferred else None
+        return [self._started(submitted.submission_id, handle)]
+
+    def _files_of(self, placement: Placement) -> Path:
+        """Where the task's log and exit files go (beside the other executors' ones)."""
+        return self._logs_dir / str(placement.job_id) / placement.tasks[0].name
+
+    def _handle(self, placement: Placement, sid: str, log_base: int) -> Handle:
+        path = self._files_of(placement)
+        return {
+            "submission_id": sid,
+            "task": placement.tasks[0].index,
             "log": f"{path}.log",
-            "log_base": base,  # a retried task appends to the same log
+            "log_base": log_base,  # a retried task appends to the same log
             "exit": f"{path}.exit",
-            "deferred": submitted.to_json() if deferred else None,
+            "deferred": None,
         }
-        self._watched[submitted.submission_id] = handle
-        self._changed_at[submitted.submission_id] = time.monotonic()
-        return [
-            StartedTask(index=task.index, pid=None, node=self._node, handle=handle, waiting=True)
-        ]
+
+    def _started(self, sid: str, handle: Handle) -> StartedTask:
+        """A task in Ray's hands: STARTING (its PENDING message the pending reason) until Ray
+        runs it."""
+        self._watch_new(sid, handle)
+        return StartedTask(index=0, pid=None, node=self._node, handle=handle, waiting=True)
+
+    async def find_started(
+        self, starts: Sequence[InterruptedStart]
+    ) -> list[list[StartedTask | None]]:
+        """The Ray job each interrupted start submitted: the last of the task's ids Ray holds,
+        if this server submitted it during this attempt (its metadata says who, and when).
+        Raises Unreachable while the cluster does not answer (the reconciler asks again)."""
+        return [[await self._find_one(start)] for start in starts]
+
+    async def _find_one(self, start: InterruptedStart) -> StartedTask | None:
+        placement, latest = start.placement, None
+        base = base_id(placement)
+        for attempt in range(_MAX_IDS):  # ids are taken in order: the first free one ends them
+            job = await self._client.job(submission_id(base, attempt))
+            if job is None:
+                break
+            latest = job
+        if latest is None or not self._made_for(latest, placement, since=start.since):
+            return None
+        log_base = int(latest.metadata.get("jobyard_log_base") or 0)
+        return self._started(
+            latest.submission_id, self._handle(placement, latest.submission_id, log_base)
+        )
+
+    def _made_for(self, job: RayJob, placement: Placement, *, since: float) -> bool:
+        said = job.metadata
+        try:
+            submitted_at = float(said.get("jobyard_submitted_at") or 0)
+        except ValueError:
+            return False
+        return (
+            said.get("jobyard_instance") == self._instance
+            and said.get("jobyard_task") == placement.tasks[0].name
+            and submitted_at >= since
+        )
 
     async def _submit(self, submission: Submission) -> tuple[Submission, bool]:
         """(what was submitted, whether it waits for the cluster to answer). Takes the first
@@ -239,7 +295,9 @@ class RayExecutor(Executor):
             except RayRefused as exc:
                 if "already exists" not in exc.message:  # else: it did get there before
                     message = f"Ray refused the job: {_last_line(exc.message)}"
-                    self._finals[sid] = TaskReport(TaskState.LOST, message=message)
+                    self._finals[sid] = TaskReport(
+                        TaskState.LOST, message=message, reason=TerminationReason.START_FAILED
+                    )
             self._mark_available()
             self._backlog.pop(sid, None)
             self._changed_at[sid] = time.monotonic()
@@ -254,26 +312,32 @@ class RayExecutor(Executor):
             sid = str(handle.get("submission_id") or "")
             if not sid:
                 continue
-            self._watched.setdefault(sid, handle)
-            if not self._is_settled(sid, handle) and sid not in self._seen:
+            if sid not in self._watched:
+                self._watch_new(sid, handle)
+            if sid not in self._finals and sid not in self._backlog and sid not in self._seen:
                 unknown.append(sid)  # never asked about (a restart): ask now
         if unknown:
             await self._check(unknown, time.monotonic())
         return [self._report(h) for h in handles]
 
-    def _is_settled(self, sid: str, handle: Handle) -> bool:
-        ended = _read_int(handle.get("exit")) is not None
-        return ended or sid in self._finals or sid in self._backlog
+    def _watch_new(self, sid: str, handle: Handle) -> None:
+        """Watch a job started here or before a restart (its exit file: it has ended)."""
+        self._watched[sid] = handle
+        self._changed_at.setdefault(sid, time.monotonic())
+        code = _read_int(handle.get("exit"))
+        if code is not None:
+            self._finals[sid] = TaskReport(TaskState.EXITED, code)
+        self._work.set()
 
     def _report(self, handle: Handle) -> TaskReport:
+        sid = str(handle.get("submission_id") or "")
+        if sid in self._finals:
+            return self._finals[sid]
         code = _read_int(handle.get("exit"))
         if code is not None:
             return TaskReport(TaskState.EXITED, code)
-        sid = str(handle.get("submission_id") or "")
         if not sid:
             return TaskReport(TaskState.LOST, message="the handle names no Ray job")
-        if sid in self._finals:
-            return self._finals[sid]
         if sid in self._backlog:
             why = self._unavailable or "it did not answer when the job started"
             return TaskReport(
@@ -297,19 +361,37 @@ class RayExecutor(Executor):
                     self.wakeup()
             except Exception:
                 log.exception("Ray executor: a watcher round failed; going on")
+            # At most a third of the time asking Ray (a list of many jobs costs it).
+            spent = time.monotonic() - began
             pause = self._ray.poll_interval_seconds if self._unavailable is None else 1.0
-            await asyncio.sleep(max(pause, time.monotonic() - began))
+            await self._rest(max(pause, 2 * spent))
+
+    async def _rest(self, pause: float) -> None:
+        """Sleep `pause`; with nothing to watch, until a job starts or the capacity is due."""
+        if self._live() or self._backlog:
+            await asyncio.sleep(pause)
+            return
+        due = self._capacity_at + self._ray.capacity_refresh_seconds - time.monotonic()
+        self._work.clear()
+        # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancel that comes as the
+        # event is set (close() right after a start), and the watcher would never end.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(pause, due)):
+                await self._work.wait()
+
+    def _live(self) -> list[str]:
+        """The watched jobs whose end is not known yet, and that Ray holds."""
+        return [s for s in self._watched if s not in self._finals and s not in self._backlog]
 
     async def _round(self, now: float) -> bool:
         """One look at what is due; True if anything changed."""
         changed = False
         if self._backlog:
             changed = await self._submit_backlog()
-        due = [
-            sid
-            for sid, handle in self._watched.items()
-            if not self._is_settled(sid, handle) and self._next_check.get(sid, 0.0) <= now
-        ]
+        live = self._live()
+        due = [sid for sid in live if self._next_check.get(sid, 0.0) <= now]
+        if len(due) > _MANY:
+            due = live  # one list of every job answers for all of them
         if due:
             changed = await self._check(due, now) or changed
         if now - self._capacity_at >= self._ray.capacity_refresh_seconds:
@@ -375,7 +457,7 @@ class RayExecutor(Executor):
             self._changed_at[sid] = now
         # Look again soon while the job is young in its state, less often as it ages.
         age = now - self._changed_at.get(sid, now)
-        pause = min(self._ray.poll_max_interval_seconds, max(0.0, age / 10))
+        pause = min(self._ray.poll_max_interval_seconds, max(0.0, age / 20))
         self._next_check[sid] = now + pause
         return changed
 
@@ -390,6 +472,7 @@ class RayExecutor(Executor):
             TaskState.LOST,
             message=f"Ray no longer knows job {sid} (its head restarted, or it was deleted in "
             "Ray); its log up to then is kept",
+            reason=TerminationReason.LOST,
         )
         return True
 

@@ -8,10 +8,18 @@ from typing import Any
 
 from jobyard.executors.base import Capacity, GpuInfo, TaskReport
 from jobyard.executors.ray.client import RayJob
-from jobyard.model import TaskState
+from jobyard.model import TaskState, TerminationReason
 
 _TERM, _KILL = 128 + 15, 128 + 9
 _ACCELERATOR = "accelerator_type:"
+# Ray's error types of a job whose driver never ran.
+_NOT_STARTED = {
+    "RUNTIME_ENV_SETUP_FAILURE",
+    "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
+    "JOB_SUPERVISOR_ACTOR_START_FAILURE",
+    "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE",
+    "JOB_ENTRYPOINT_COMMAND_START_ERROR",
+}
 # A line of Ray's own log format (`2026-01-02 03:04:05,678\tINFO job_manager.py:581 -- ...`).
 _RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\t[A-Z]+ \S+:\d+ -- ")
 _LINES = re.compile(r"(?<=\n)")
@@ -22,8 +30,9 @@ def report_of(job: RayJob, *, killed: bool = False) -> TaskReport:
 
     Ray keeps no exit code for a STOPPED job: 128+9 if Ray's supervisor had to kill it
     (`killed`, from its log), else 128+15 (it ended on the TERM). A FAILED job without a
-    driver exit code (its runtime environment could not be set up, its supervisor died) left
-    no exit code at all: LOST, with Ray's why."""
+    driver exit code left no exit code at all: LOST, and the job ends for Ray's reason (its
+    runtime environment could not be set up or its driver not started: START_FAILED; its
+    supervisor died: LOST) with Ray's message."""
     said = f"Ray: {job.message}" if job.message else ""
     if job.status == "PENDING":
         why = job.message or "waiting in the cluster"
@@ -38,7 +47,11 @@ def report_of(job: RayJob, *, killed: bool = False) -> TaskReport:
     if job.exit_code is not None:
         return TaskReport(TaskState.EXITED, job.exit_code, message=said)
     kind = f" ({job.error_type})" if job.error_type else ""
-    return TaskReport(TaskState.LOST, message=f"the Ray job failed{kind}: {job.message}")
+    why = (
+        TerminationReason.START_FAILED if job.error_type in _NOT_STARTED else TerminationReason.LOST
+    )
+    message = f"the Ray job failed{kind}: {job.message}"
+    return TaskReport(TaskState.LOST, message=message, reason=why)
 
 
 def was_killed(supervisor_log: str) -> bool:

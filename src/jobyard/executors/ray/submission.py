@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -95,7 +96,11 @@ def build_submission(
     stop_wait: float,
     gpu_type: str | None,
     instance: str,
+    log_base: int = 0,
 ) -> Submission:
+    """The job's one task as a Ray job. Its metadata says which server submitted it for which
+    task and when, and where this attempt's output starts in the task's log, so that a start
+    cut short by a crash is found again (`RayExecutor.find_started`)."""
     spec, task = placement.spec, placement.tasks[0]
     runtime_env: dict[str, Any] = {}
     pip = (spec.runtime_env or {}).get("pip")
@@ -119,6 +124,8 @@ def build_submission(
             "jobyard_task": task.name,
             "jobyard_owner": placement.owner,
             "jobyard_instance": instance,
+            "jobyard_submitted_at": f"{time.time():.6f}",
+            "jobyard_log_base": str(log_base),
         },
         resources=entrypoint_resources(spec.resources, gpu_type),
     )
