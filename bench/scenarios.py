@@ -27,6 +27,7 @@ from bench.report import Result, at_least, at_most, info, percentile
 from bench.scheduler import scheduler
 from bench.server import Server, running_server
 from bench.slurm import slurm
+from bench.usage import usage
 
 LIVE = "QUEUED,SCHEDULED,STARTING,RUNNING,STOPPING"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -382,4 +383,5 @@ SCENARIOS: dict[str, Callable[[Options], list[Result]]] = {
     "slurm": slurm,
     "scheduler": scheduler,
     "dashboard": dashboard,
+    "usage": usage,
 }
