@@ -457,3 +457,30 @@ def test_jobyard_metrics_prints_a_table_json_and_redraws_with_watch(
                 if stream is not None:
                     stream.close()
         http.post(f"/api/v1/jobs/{job['id']}/stop")
+
+
+def test_the_sdk_submits_the_idle_gpu_fields_and_reads_the_samples(
+    home: Path,
+) -> None:
+    from jobyard.client import Client
+
+    gpus = ScriptedGpus(count=2)
+    gpus.set(0, 40)
+    gpus.set(1, 40)
+    with (
+        running_server(_gpu_settings(home), gpus=gpus) as server,
+        Client(server.url, server.token) as sdk,
+    ):
+        job = sdk.submit(
+            "sleep 30", resources={"gpus": 2}, idle_gpu_timeout=600, idle_gpu_action="stop"
+        )
+        with server.client() as http:
+            spec = http.get(f"/api/v1/jobs/{job.id}").json()["spec"]
+        assert (spec["idle_gpu_timeout"], spec["idle_gpu_action"]) == (600, "stop")
+        usage = wait_for(lambda: (u := sdk.metrics(job.id, last=1)).tasks[0].samples and u)
+        (sample,) = usage.tasks[0].samples
+        assert usage.display_id == job.display_id and usage.interval_seconds == 0.1
+        assert sample.gpus is not None and sorted(g.index for g in sample.gpus) == [0, 1]
+        assert {g.utilization_percent for g in sample.gpus} == {40.0}
+        assert sample.memory_rss_bytes and sample.memory_rss_bytes > 0
+        sdk.stop(job.id)

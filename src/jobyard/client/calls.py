@@ -61,6 +61,8 @@ class SubmitOptions(TypedDict, total=False):
     labels: Mapping[str, str] | None
     submission_id: str | None
     max_runtime: float | None
+    idle_gpu_timeout: float | None  # seconds its GPUs may idle (docs/observability.md)
+    idle_gpu_action: Literal["warn", "stop"] | None
 
 
 class ListFilters(TypedDict, total=False):
