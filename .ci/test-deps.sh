@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond its Python packages, for `make test` (and so for CI):
-# a single-machine Slurm, OpenSSH's clients with sshpass, Chromium, npm. Where this user may
+# a single-machine Slurm, OpenSSH's clients with sshpass, Chromium, npm, podman with a registry
+# (docker-registry) and a static busybox for the container tests. Where this user may
 # install (root, or sudo without a password) and JOBYARD_TEST_INSTALL is not 0, missing pieces
 # are installed from the Debian archive; otherwise one line per piece says which tests will
 # skip and how to get it. It never fails the run: a piece it cannot set up means skipped tests,
@@ -43,6 +44,32 @@ need() {
 need "ssh scp sshpass" "openssh-client sshpass" "the OpenSSH client tests of the SSH gateway"
 need "chromium" "chromium" "the dashboard's browser tests"
 need "npm" "npm" "the dashboard's terminal tab tests (xterm.js comes from npm)"
+need "podman docker-registry busybox" "podman catatonit docker-registry busybox-static" \
+  "the container tests (tests/integration/test_containers.py)"
+
+# Can podman run a container with this machine's defaults? Some VMs cannot: crun fails on a hybrid
+# cgroup hierarchy, and a root without CAP_SYS_RESOURCE cannot raise the open-files limit to
+# podman's default. Then a containers.conf for this machine (never jobyard's own settings) takes
+# runc and lower limits, unless one is there already.
+podman_runs() {
+  local root image=localhost/jobyard-test-deps/busybox:probe ok=1
+  root=$(mktemp -d) || return 1
+  mkdir -p "$root/bin" && cp "$(command -v busybox)" "$root/bin/busybox" && ln -s busybox "$root/bin/true"
+  tar -C "$root" -c . | podman import -q - "$image" >/dev/null 2>&1 &&
+    podman run --rm --init --network host "$image" /bin/true >/dev/null 2>&1 && ok=0
+  podman rmi -f "$image" >/dev/null 2>&1
+  rm -rf "$root"
+  return $ok
+}
+if have podman busybox && ! podman_runs; then
+  conf=/etc/containers/containers.conf
+  if [ ! -e "$conf" ] && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    printf '%s\n' '# written by jobyard .ci/test-deps.sh: podman failed with its defaults here' \
+      '[containers]' 'default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]' \
+      '[engine]' 'runtime = "runc"' | as_root tee "$conf" >/dev/null
+  fi
+  podman_runs || say "skipping the container tests: podman cannot run a container here (try: podman run --rm <image> true)"
+fi
 have initdb pg_ctl ||
   say "skipping the PostgreSQL tests: initdb and pg_ctl are not on PATH (Debian: postgresql, then add /usr/lib/postgresql/*/bin to PATH)"
 

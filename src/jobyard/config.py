@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -112,6 +112,19 @@ class RaySettings(BaseModel):
     max_concurrent_requests: Annotated[int, Field(ge=1, le=64)] = 4
 
 
+class ContainerRuntimeArgs(BaseModel):
+    """What the container runtime's command lines carry besides jobyard's own options: before
+    every subcommand (`global_args`, e.g. ["--runtime", "runc"]), after `run` (`run_args`,
+    e.g. ["--ulimit", "nofile=20000:20000"]) and after `pull` (`pull_args`, e.g.
+    ["--tls-verify=false"] for a registry on loopback without TLS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    global_args: list[str] = Field(default_factory=list)
+    run_args: list[str] = Field(default_factory=list)
+    pull_args: list[str] = Field(default_factory=list)
+
+
 class PoolSpec(BaseModel):
     """A resource pool: one executor's capacity. None: discover (local) or ask the executor."""
 
@@ -158,6 +171,14 @@ class Settings(BaseSettings):
     environments: list[EnvironmentSpec] = Field(default_factory=_default_environments)
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    # Containers (jobs with an image, on the local and Slurm executors; docs/executors.md): the
+    # runtime's CLI (None: the first of podman and docker on PATH; "none": no containers), its
+    # extra arguments, how long a pull may take, and the image of jobs that name none (a
+    # catalog entry's id or name, or a reference; None: such jobs run on the host).
+    container_runtime: Literal["podman", "docker", "none"] | None = None
+    container_runtime_args: ContainerRuntimeArgs = Field(default_factory=ContainerRuntimeArgs)
+    container_pull_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    default_image: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
     log_level: str = "info"
     access_log: bool = False
     # The Ray-compatible job API's own listener (on `host`); 0 turns it off.

@@ -26,6 +26,7 @@ from jobyard.errors import (
     LimitExceeded,
     NotFound,
 )
+from jobyard.executors import containers
 from jobyard.executors.base import Executor, Shell, ShellCommand, TerminalSize
 from jobyard.model import (
     Event,
@@ -181,6 +182,17 @@ def _new_secrets(spec: JobSpec) -> dict[str, str]:
         "ssh_password": secrets.token_urlsafe(18),
         "port_token": secrets.token_urlsafe(24),
     }
+
+
+def _check_image(settings: Settings, spec: JobSpec) -> None:
+    """`image` names a catalog entry, or a plain word does (the executor says which are
+    there), or it is a container image reference: a malformed one is refused here, whatever
+    the executor."""
+    image = spec.image
+    if not image or settings.find_environment(image) is not None:
+        return
+    if containers.looks_like_reference(image) and (problem := containers.reference_problem(image)):
+        raise InvalidInput(f"image: {problem}", field="image")
 
 
 def _default_name(spec: JobSpec) -> str:
@@ -424,6 +436,7 @@ class JobService:
                 "server (no SSH or HTTP access through the gateway); submit without ports",
                 field="ports",
             )
+        _check_image(self._settings, spec)
         self._executor.check_spec_supported(spec)
         problem = why_never_fits(self._executor.capacity(), spec.resources, spec.replicas)
         if problem is not None:

@@ -31,6 +31,7 @@ import psutil
 
 from jobyard.config import EnvironmentSpec, Settings
 from jobyard.errors import ExecutorRefused
+from jobyard.executors import containers
 from jobyard.executors.base import (
     Capacity,
     Executor,
@@ -93,6 +94,11 @@ class LocalExecutor(Executor):
         self._forgotten: set[int] = set()
         self._stopping: dict[int, asyncio.Task[None]] = {}
         self._spawner = concurrent.futures.ThreadPoolExecutor(2, "jobyard-spawn")
+        # Containers (executors/containers.py): the runtime, once found; when each image was
+        # last seen in its store (no check again for a minute); the watchers of pulls.
+        self._runtime: containers.Runtime | None = None
+        self._images: dict[str, float] = {}
+        self._pulls: set[asyncio.Task[None]] = set()
 
     # ---- contract -----------------------------------------------------------------------------
 
@@ -100,8 +106,19 @@ class LocalExecutor(Executor):
         return self._capacity
 
     def check_spec_supported(self, placement_spec: Any) -> None:
-        if isinstance(placement_spec, JobSpec) and placement_spec.image:
+        if not isinstance(placement_spec, JobSpec):
+            return
+        image = containers.container_image(self._settings, placement_spec)
+        if image is not None:
+            self._container_runtime(image)
+            containers.check_env(placement_spec.env)
+        elif placement_spec.image:
             self._environment_of(placement_spec)
+
+    def _container_runtime(self, image: str) -> containers.Runtime:
+        if self._runtime is None:
+            self._runtime = containers.require_runtime(self._settings, self.kind, image)
+        return self._runtime
 
     def _environment_of(self, spec: JobSpec) -> EnvironmentSpec | None:
         return catalog_entry(self._settings, spec, kind="local")
@@ -120,6 +137,8 @@ class LocalExecutor(Executor):
                 )
                 self._children[spawned.pid or 0] = self._watch(spawned.pid or 0)
                 started.append(spawned)
+                if spawned.waiting:  # its image is being pulled: the job runs once it is here
+                    self._watch_pull(spawned.handle)
         except StartFailed:
             for done in started:  # all or nothing: the job fails with none of its tasks left
                 await self.stop(done.handle, grace=0)
@@ -138,6 +157,9 @@ class LocalExecutor(Executor):
         for handle in handles:
             adopted = not self._is_child(handle)
             reports.append(self._poll_one(handle))
+            if containers.in_container(handle):
+                timeout = self._settings.container_pull_timeout_seconds
+                reports[-1] = containers.task_report(handle, reports[-1], timeout)
             if adopted and reports[-1].state.is_finished():
                 adopted_ends.append(len(reports) - 1)
         if adopted_ends:  # not our child: what it left running was not killed when it ended
@@ -154,6 +176,9 @@ class LocalExecutor(Executor):
             return
         if not self._owns(handle):
             return
+        if containers.in_container(handle):
+            self._stopping[pid] = asyncio.create_task(self._stop_container(handle, grace))
+            return
         escaped = descendants(pid)
         signal_group(pid, signal.SIGTERM)
         self._stopping[pid] = asyncio.create_task(self._kill_after(handle, grace, escaped))
@@ -168,6 +193,9 @@ class LocalExecutor(Executor):
         task = next((t for t in placement.tasks if t.index == task_index), None)
         if task is None or not self._owns(handle):
             raise ExecutorRefused(f"task {task_index} of job {placement.job_id} is not running")
+        if containers.in_container(handle):  # a shell inside its container: `exec -it`
+            cwd = str(self._working_dir(placement))
+            return containers.shell(handle, cwd, command, _server_environment())
         env = self._environment(placement, task)
         if placement.master_port is None:
             env.pop("MASTER_PORT", None)  # the task's own port is not known here: do not lie
@@ -188,7 +216,7 @@ class LocalExecutor(Executor):
         if pid in self._children:
             self._forgotten.add(pid)  # still running: reap it when it exits, then forget it
         if remove_files:
-            for key in ("log", "exit"):
+            for key in ("log", "exit", "env_file", "pull_state", "pull_log"):
                 with contextlib.suppress(OSError, KeyError):
                     os.unlink(handle[key])
             with contextlib.suppress(OSError, KeyError):
@@ -196,6 +224,8 @@ class LocalExecutor(Executor):
 
     async def close(self) -> None:
         self._spawner.shutdown(wait=True)
+        for watcher in self._pulls:
+            watcher.cancel()
         for task in self._stopping.values():
             task.cancel()
         loop = asyncio.get_running_loop()
@@ -220,21 +250,83 @@ class LocalExecutor(Executor):
         env = self._environment(placement, task)
         cwd = self._working_dir(placement)
         argv = spec.argv()
-        _check_program(argv[0], env.get("PATH", os.defpath), cwd)
         handle = self._handle(placement, task)
         log_path, exit_path = Path(handle["log"]), Path(handle["exit"])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             exit_path.unlink()  # a retried task: the earlier attempt's exit code is not this one's
+        pulling = False
+        if containers.in_container(handle):  # the program is the image's: checked in there
+            argv, env, pulling = self._in_container(placement, task, handle, env, cwd)
+        else:
+            _check_program(argv[0], env.get("PATH", os.defpath), cwd)
         pid = self._spawn(argv, env, cwd, log_path, exit_path)
         handle.update(pid=pid, start_ticks=(_proc_stat(pid) or ("", 0))[1])
-        return StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
+        node = self._node
+        return StartedTask(index=task.index, pid=pid, node=node, handle=handle, waiting=pulling)
+
+    def _in_container(
+        self,
+        placement: Placement,
+        task: TaskPlacement,
+        handle: Handle,
+        variables: dict[str, str],
+        cwd: Path,
+    ) -> tuple[list[str], dict[str, str], bool]:
+        """The supervisor's argv and env for a task in a container, and whether its image is
+        to be pulled first: the launch script, run with this server's environment (the task's
+        own variables go to the container in its env file)."""
+        runtime, image = self._container_runtime(handle["image"]), handle["image"]
+        env_file, files = Path(handle["env_file"]), containers.pull_files(handle)
+        containers.write_env_file(env_file, containers.container_env(variables, task.gpus))
+        seen = self._images.get(image)
+        pull = (seen is None or time.monotonic() - seen > 60) and not containers.image_present(
+            runtime, image
+        )
+        if pull:
+            files.state.write_text("pulling\n")
+        else:
+            self._images[image] = time.monotonic()
+        container = containers.ContainerTask(
+            name=handle["container"],
+            image=image,
+            labels=handle["labels"],
+            cwd=cwd,
+            env_file=env_file,
+            gpus=tuple(task.gpus),
+            argv=tuple(placement.spec.argv()),
+        )
+        script = containers.launch_script(
+            runtime,
+            container,
+            cdi=containers.cdi_specs_exist(),
+            pull=files if pull else None,
+            pull_timeout=self._settings.container_pull_timeout_seconds,
+            log=Path(handle["log"]),
+        )
+        env = _server_environment()
+        env.update({k: variables[k] for k in _KEY_VARIABLES})  # how a restart finds the task
+        return ["/bin/sh", "-c", script, "jobyard-container"], env, pull
+
+    def _watch_pull(self, handle: Handle) -> None:
+        watcher = asyncio.create_task(
+            containers.watch_pull(handle, alive=lambda: self._owns(handle), then=self.wakeup)
+        )
+        self._pulls.add(watcher)
+        watcher.add_done_callback(self._pulls.discard)
+
+    async def _stop_container(self, handle: Handle, grace: float) -> None:
+        try:
+            await containers.stop_task(handle, grace, alive=lambda: self._owns(handle))
+        finally:
+            self._stopping.pop(int(handle["pid"]), None)
+            self.wakeup()
 
     def _handle(self, placement: Placement, task: TaskPlacement) -> Handle:
         """A task's handle before its spawn: every path in it follows from the job and task
         (so a restarted server finds them again), and its key is the one in the task's env."""
         log_dir = self._logs_dir / str(placement.job_id)
-        return {
+        handle: Handle = {
             "pid": 0,
             "start_ticks": 0,
             "log": str(log_dir / f"{task.name}.log"),
@@ -242,6 +334,15 @@ class LocalExecutor(Executor):
             "node": self._node,
             "key": [str(placement.job_id), placement.display_id, task.name],
         }
+        image = containers.container_image(self._settings, placement.spec)
+        if image is not None:
+            runtime = self._runtime or containers.find_runtime(self._settings)
+            home, files = self._logs_dir.parent, log_dir / task.name
+            fields = containers.handle_fields(
+                runtime, image, placement.job_id, task.name, home, files
+            )
+            handle.update(fields)
+        return handle
 
     def _spawn(
         self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, exit_path: Path
@@ -282,7 +383,10 @@ class LocalExecutor(Executor):
         ):
             return None
         pid = int(handle["pid"]) or None
-        return StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
+        waiting = containers.handle_pulling(handle)  # its image still being pulled
+        return StartedTask(
+            index=task.index, pid=pid, node=self._node, handle=handle, waiting=waiting
+        )
 
     def _kill_leftovers(self, handles: Sequence[Handle]) -> list[int]:
         """For each handle, how many processes of its task were still alive (each now sent
@@ -292,11 +396,12 @@ class LocalExecutor(Executor):
             return [0] * len(handles)
         members = processes.scan(()).members
         counts = []
-        for key in keyed:
+        for key, handle in zip(keyed, handles, strict=True):
             pids = members.get(key, []) if key else []
             if key and pids:
                 processes.kill(pids, key)
-            counts.append(len(pids))
+            left = containers.remove_leftovers(handle) if containers.in_container(handle) else 0
+            counts.append(len(pids) + left)
         return counts
 
     def _watch(self, pid: int) -> int | None:
@@ -342,10 +447,15 @@ class LocalExecutor(Executor):
         return path
 
     def _environment(self, placement: Placement, task: TaskPlacement) -> dict[str, str]:
-        # The server's own JOBYARD_* settings (tokens, database URLs) never reach a job.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")}
-        entry = self._environment_of(placement.spec)
-        env.update(task_environment(placement, task, entry, env.get("PATH", os.defpath)))
+        image = containers.container_image(self._settings, placement.spec)
+        if image is not None:  # the image's environment, not this server's, plus the task's
+            entry = self._settings.find_environment(placement.spec.image or image)
+            env = dict(entry.env) if entry is not None and entry.image else {}
+            env.update(task_environment(placement, task, None, ""))
+        else:
+            env = _server_environment()
+            entry = self._environment_of(placement.spec)
+            env.update(task_environment(placement, task, entry, env.get("PATH", os.defpath)))
         if task.gpus or self._capacity.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in task.gpus)
         replicas = len(placement.tasks)
@@ -416,6 +526,15 @@ class LocalExecutor(Executor):
         finally:
             self._stopping.pop(pid, None)
             self.wakeup()
+
+
+_KEY_VARIABLES = ("JOBYARD_JOB_ID", "JOBYARD_DISPLAY_ID", "JOBYARD_TASK_NAME", "JOBYARD_TASK_INDEX")
+
+
+def _server_environment() -> dict[str, str]:
+    """This server's environment without its own JOBYARD_* settings (tokens, database URLs),
+    which never reach a job."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")}
 
 
 def _check_program(program: str, path: str, cwd: Path) -> None:

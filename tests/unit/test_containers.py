@@ -1,0 +1,237 @@
+"""Containers without a runtime: which image a spec runs in, references, and the command lines."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobyard.config import ContainerRuntimeArgs, EnvironmentSpec, Settings
+from jobyard.errors import ExecutorRefused
+from jobyard.executors import containers
+from jobyard.executors.base import StartFailed, TaskReport
+from jobyard.model import JobSpec, PendingReason, TaskState, TerminationReason
+
+PODMAN = containers.Runtime("podman", ("/usr/bin/podman", "--runtime", "runc"), ("--ulimit", "x"))
+DOCKER = containers.Runtime("docker", ("/usr/bin/docker",))
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    catalog = [
+        EnvironmentSpec(id="1", name="host"),
+        EnvironmentSpec(id="2", name="py", image="registry.example:5000/team/python:3.11"),
+    ]
+    return Settings(home=tmp_path, environments=catalog, **overrides)  # type: ignore[arg-type]
+
+
+def _task(**overrides: object) -> containers.ContainerTask:
+    fields: dict[str, object] = {
+        "name": "jobyard-job1-worker-0-abcd1234",
+        "image": "127.0.0.1:5000/x/busybox:1",
+        "labels": {"jobyard.job-id": "1", "jobyard.task": "job1-worker-0"},
+        "cwd": Path("/data/jobs/1"),
+        "env_file": Path("/data/logs/1/job1-worker-0.env"),
+        "gpus": (),
+        "argv": ("/bin/sh", "-c", "echo hi"),
+    }
+    return containers.ContainerTask(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "busybox:1",
+        "library/busybox",
+        "docker.io/library/python:3.11-slim",
+        "127.0.0.1:5000/jobyard-test/busybox:1",
+        "localhost/a__b/c-d.e:latest",
+        "[::1]:5000/x/y:z",
+        "ghcr.io/o/r@sha256:" + "a" * 64,
+        "ghcr.io/o/r:tag@sha256:" + "0" * 64,
+    ],
+)
+def test_references_a_registry_takes(ref: str) -> None:
+    assert containers.looks_like_reference(ref)
+    assert containers.reference_problem(ref) is None
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "Busybox:1",  # a name is lowercase
+        "busybox:",
+        "busybox:-tag",
+        "a//b:1",
+        "x/y:tag with space",
+        "x/y@sha256:short",
+        "x/" + "a" * 256 + ":1",
+        "x/y:" + "t" * 129,
+        "-x/y:1",
+        "x/y:1\n",
+    ],
+)
+def test_malformed_references_say_why(ref: str) -> None:
+    problem = containers.reference_problem(ref)
+    assert problem is not None and "image" in problem
+
+
+def test_which_image_a_spec_runs_in(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    image = containers.container_image
+    assert image(settings, JobSpec(entrypoint="true")) is None  # the host
+    assert image(settings, JobSpec(entrypoint="true", image="1")) is None
+    assert image(settings, JobSpec(entrypoint="true", image="host")) is None
+    py = "registry.example:5000/team/python:3.11"
+    assert image(settings, JobSpec(entrypoint="true", image="2")) == py  # a catalog id
+    assert image(settings, JobSpec(entrypoint="true", image="py")) == py  # a catalog name
+    assert image(settings, JobSpec(entrypoint="true", image="busybox:1")) == "busybox:1"
+    assert image(settings, JobSpec(entrypoint="true", image="typo")) is None  # the catalog's
+    settings = _settings(tmp_path, default_image="py")
+    assert image(settings, JobSpec(entrypoint="true")) == py
+    assert image(settings, JobSpec(entrypoint="true", image="x/y:1")) == "x/y:1"
+
+
+def test_no_runtime_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, container_runtime="none")
+    assert containers.find_runtime(settings) is None
+    with pytest.raises(ExecutorRefused) as info:
+        containers.require_runtime(settings, "local", "x/y:1")
+    assert info.value.field == "image"
+    assert "container_runtime = 'none'" in info.value.message and "1 (host)" in info.value.message
+    settings = _settings(tmp_path, container_runtime="docker")
+    expected = "docker is not on PATH" if containers.find_runtime(settings) is None else None
+    if expected:
+        assert expected in containers.missing_runtime(settings)
+    assert "podman" in containers.missing_runtime(_settings(tmp_path))
+
+
+def test_the_runtime_found_carries_the_configured_arguments(tmp_path: Path) -> None:
+    args = ContainerRuntimeArgs(global_args=["--runtime", "runc"], run_args=["--ulimit", "a=1"])
+    found = containers.find_runtime(_settings(tmp_path, container_runtime_args=args))
+    if found is None:
+        pytest.skip("neither podman nor docker is on PATH")
+    assert found.argv[1:] == ("--runtime", "runc") and found.run_args == ("--ulimit", "a=1")
+
+
+def test_the_run_command() -> None:
+    argv = containers.run_command(PODMAN, _task(), cdi=False)
+    assert argv[:4] == ["/usr/bin/podman", "--runtime", "runc", "run"]
+    words = " ".join(argv)
+    for part in (
+        "--rm --name jobyard-job1-worker-0-abcd1234 --init --network host",
+        "--label jobyard.job-id=1 --label jobyard.task=job1-worker-0",
+        "--replace --log-driver passthrough",
+        "--env-file /data/logs/1/job1-worker-0.env",
+        "--mount type=bind,source=/data/jobs/1,destination=/data/jobs/1 --workdir /data/jobs/1",
+        "--ulimit x 127.0.0.1:5000/x/busybox:1 /bin/sh -c echo hi",
+    ):
+        assert part in words
+    docker = " ".join(containers.run_command(DOCKER, _task(), cdi=False))
+    assert "passthrough" not in docker and "--replace" not in docker
+    with pytest.raises(StartFailed, match="comma"):
+        containers.run_command(PODMAN, _task(cwd=Path("/a,b")), cdi=False)
+
+
+def test_gpus_are_the_scheduler_s_indices_never_all() -> None:
+    assert containers.gpu_args(PODMAN, [], cdi=False) == []
+    assert containers.gpu_args(PODMAN, [1, 3], cdi=True) == [
+        "--device",
+        "nvidia.com/gpu=1",
+        "--device",
+        "nvidia.com/gpu=3",
+    ]
+    assert containers.gpu_args(DOCKER, [1, 3], cdi=False) == ["--gpus", '"device=1,3"']
+    with pytest.raises(StartFailed, match="CDI"):
+        containers.gpu_args(PODMAN, [0], cdi=False)
+    env = containers.container_env({"CUDA_VISIBLE_DEVICES": "1,3", "A": "b"}, [1, 3])
+    assert env == {"CUDA_VISIBLE_DEVICES": "0,1", "A": "b"}  # numbered from 0 inside
+    assert containers.container_env({"CUDA_VISIBLE_DEVICES": ""}, []) == {
+        "CUDA_VISIBLE_DEVICES": ""
+    }
+
+
+def test_cdi_specs_are_looked_for(tmp_path: Path) -> None:
+    assert not containers.cdi_specs_exist([tmp_path / "none", tmp_path])
+    (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
+    assert containers.cdi_specs_exist([tmp_path])
+
+
+def test_the_env_file_is_literal_and_refuses_line_breaks() -> None:
+    text = containers.env_file_text({"A": "x y ", "Q": "'\"$x;`id`", "E": ""})
+    assert text == "A=x y \nQ='\"$x;`id`\nE=\n"
+    for value in ("a\nb", "a\r"):
+        with pytest.raises(ExecutorRefused) as info:
+            containers.env_file_text({"K": value})
+        assert info.value.field == "env"
+
+
+def test_names_and_labels_tell_servers_apart() -> None:
+    a, b = Path("/srv/a"), Path("/srv/b")
+    assert containers.container_name("job 1/worker-0", a) != containers.container_name(
+        "job 1/worker-0", b
+    )
+    assert containers.container_name("job 1/worker-0", a).startswith("jobyard-job-1-worker-0-")
+    assert containers.labels(7, "t", a) == {
+        "jobyard.job-id": "7",
+        "jobyard.task": "t",
+        "jobyard.home": "/srv/a",
+    }
+
+
+def test_the_launch_script_pulls_only_when_asked(tmp_path: Path) -> None:
+    files = containers.PullFiles(tmp_path / "t.pull-state", tmp_path / "t.pull")
+    options: dict[str, Any] = {"cdi": False, "pull": None, "pull_timeout": 60}
+    options["log"] = tmp_path / "t.log"
+    plain = containers.launch_script(PODMAN, _task(), **options)
+    assert " pull " not in plain and "run --rm" in plain
+    assert "catatonit" in plain  # a program the image lacks: 127 and its name in the log
+    pulling = containers.launch_script(PODMAN, _task(), **{**options, "pull": files})
+    first = pulling.splitlines()[0]
+    assert "pull --tls-verify" not in first and " pull 127.0.0.1:5000/x/busybox:1" in first
+    assert shlex.quote(str(files.log)) in first and "exit 125" in first
+    docker = containers.launch_script(DOCKER, _task(), **options)
+    assert docker.splitlines()[0].startswith("/usr/bin/docker rm -f jobyard-job1")
+    assert docker.splitlines()[-1].startswith("exec /usr/bin/docker run")
+
+
+def test_a_failed_pull_is_reported_with_the_runtime_s_words(tmp_path: Path) -> None:
+    files = containers.PullFiles(tmp_path / "t.pull-state", tmp_path / "t.pull")
+    handle = {
+        "container": "c",
+        "image": "r/x:missing",
+        "pull_state": str(files.state),
+        "pull_log": str(files.log),
+    }
+    files.state.write_text("pulling\n")
+    running = containers.task_report(handle, TaskReport(TaskState.RUNNING), 60)
+    assert (running.state, running.pending_reason) == (TaskState.PENDING, PendingReason.PULLING)
+    assert running.message == "pulling image r/x:missing"
+    files.state.write_text("failed\n")
+    files.log.write_text(
+        "Trying to pull r/x:missing...\nError: reading manifest missing in r/x: manifest unknown\n"
+        "jobyard: the pull exited with code 125\n"
+    )
+    ended = containers.task_report(handle, TaskReport(TaskState.EXITED, 125), 60)
+    assert (ended.exit_code, ended.reason) == (125, TerminationReason.IMAGE_PULL_FAILED)
+    assert ended.message == (
+        "cannot pull image r/x:missing: Error: reading manifest missing in r/x: manifest unknown"
+    )
+    files.log.write_text("jobyard: the pull exited with code 124\n")
+    assert (
+        "longer than 60 s"
+        in containers.task_report(handle, TaskReport(TaskState.EXITED, 125), 60).message
+    )
+    files.state.unlink()  # a container that exited 125 itself is no pull failure
+    plain = containers.task_report(handle, TaskReport(TaskState.EXITED, 125), 60)
+    assert plain.reason is None
+
+
+def test_a_shell_execs_into_the_container() -> None:
+    argv = containers.exec_command(PODMAN, "c1", "/data/jobs/1", "echo hi")
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert "[ -t 0 ]" in argv[2] and "-it" in argv[2] and "exec /usr/bin/podman" in argv[2]
+    assert "--workdir /data/jobs/1 c1 /bin/sh -c 'echo hi'" in argv[2]
+    login = containers.exec_command(PODMAN, "c1", "/w", None)
+    assert "bash -il" in login[2]
