@@ -39,6 +39,14 @@ from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
 from tests.helpers import make_settings, wait_for
+from tests.integration.container_support import (
+    SKIP_REASON as NO_PODMAN,
+    container_settings,
+    gone_in_time,
+    host_processes,
+    images_fixture,  # noqa: F401 - the images fixture
+    running_images,
+)
 from tests.integration.ray_support import (
     SKIP_REASON as NO_RAY,
     ray_head_fixture,  # noqa: F401 - the ray_head fixture
@@ -61,6 +69,12 @@ KINDS = [
         ],
     ),
     pytest.param("ray", id="ray", marks=pytest.mark.skipif(NO_RAY is not None, reason=str(NO_RAY))),
+    # the local executor running every job in a container (the session's busybox image)
+    pytest.param(
+        "local-container",
+        id="local-container",
+        marks=pytest.mark.skipif(NO_PODMAN is not None, reason=str(NO_PODMAN)),
+    ),
 ]
 
 
@@ -71,7 +85,10 @@ def settings_for(kind: str, home: Path) -> Settings:
         ray = RaySettings(address=running_head().dashboard)
         return make_settings(home, executor="ray", ray=ray, stop_grace_seconds=4)
     # a machine with GPUs, so that "no GPUs asked for" has something to hide
-    return make_settings(home, gpus=[GpuSpec(index=i, model="test") for i in range(4)])
+    gpus = [GpuSpec(index=i, model="test") for i in range(4)]
+    if kind == "local-container":  # every job in the session's image (none names one)
+        return container_settings(home, gpus=gpus, default_image=running_images().local)
+    return make_settings(home, gpus=gpus)
 
 
 def new_executor(kind: str, settings: Settings) -> Executor:
@@ -86,6 +103,11 @@ def kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         head = request.getfixturevalue("ray_head")
         yield request.param
         stop_jobs_of(head, tmp_path / "home")  # what the test left running on the head
+        return
+    if request.param.endswith("-container"):
+        request.getfixturevalue("images")
+        yield request.param
+        assert gone_in_time(tmp_path / "home") == []  # no container of the test is left
         return
     if request.param != "slurm":
         yield request.param
@@ -162,10 +184,16 @@ async def wait_log(executor: Executor, task: StartedTask, text: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def processes_in(path: Path) -> list[psutil.Process]:
+def processes_in(path: Path, task: StartedTask) -> list[psutil.Process]:
     """The live processes whose pids the file lists, taken while they run: psutil then tells
-    them from a later process given the same pid (pids wrap at 32,768 here)."""
-    return [psutil.Process(int(word)) for word in path.read_text().split()]
+    them from a later process given the same pid (pids wrap at 32,768 here). In a container
+    the pids are its own pid namespace's: the host's pids of those processes are taken."""
+    pids = [int(word) for word in path.read_text().split()]
+    if "container" in task.handle:
+        found = host_processes(task.handle["container"], pids)
+        assert len(found) == len(pids), f"not all of {pids} found in the container"
+        pids = found
+    return [psutil.Process(pid) for pid in pids]
 
 
 def all_gone(procs: list[psutil.Process]) -> Callable[[], bool]:
@@ -286,7 +314,13 @@ async def test_a_program_that_cannot_run_never_succeeds_and_says_why(executor: E
     assert "no-such-program-xyz" in log
 
 
-async def test_images_are_refused_naming_the_field(executor: Executor) -> None:
+async def test_images_are_refused_naming_the_field(executor: Executor, kind: str) -> None:
+    if kind.endswith("-container"):  # images run; what a container's env cannot carry is not
+        executor.check_spec_supported(JobSpec(entrypoint="true", image="python:3.11"))
+        with pytest.raises(ExecutorRefused) as info:
+            executor.check_spec_supported(JobSpec(entrypoint="true", env={"A": "1\n2"}))
+        assert info.value.field == "env"
+        return
     with pytest.raises(ExecutorRefused) as info:
         executor.check_spec_supported(JobSpec(entrypoint="true", image="python:3.11"))
     assert info.value.field == "image"
@@ -379,7 +413,7 @@ async def test_stop_leaves_no_process_of_the_task(
     (task,) = await executor.start(placement(**in_dir(kind, tmp_path, script)))
     await wait_log(executor, task, "ready\n")
     wait_for(lambda: (tmp_path / "inner.pid").exists() and (tmp_path / "inner.pid").read_text())
-    procs = processes_in(tmp_path / "outer.pid") + processes_in(tmp_path / "inner.pid")
+    procs = processes_in(tmp_path / "outer.pid", task) + processes_in(tmp_path / "inner.pid", task)
     assert not all_gone(procs)()
     await executor.stop(task.handle, grace=5)
     assert (await wait_report(executor, task.handle)).exit_code == 128 + 15
@@ -393,7 +427,7 @@ async def test_what_a_finished_task_left_running_is_ended(
     entry = "sleep 300 & echo $! > child.pid; until [ -e go ]; do sleep 0.05; done; exit 0"
     (task,) = await executor.start(placement(**in_dir(kind, tmp_path, entry)))
     wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text())
-    procs = processes_in(tmp_path / "child.pid")
+    procs = processes_in(tmp_path / "child.pid", task)
     assert not all_gone(procs)()
     (tmp_path / "go").touch()
     assert (await wait_report(executor, task.handle)).exit_code == 0
