@@ -121,7 +121,7 @@ def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
     metrics.add_source(figures.pool_figures(jobs))
     local = "usage" in executor.capabilities
     gpus = gpus if gpus is not None else NvmlGpuSource() if local else NoGpus()
-    usage = UsageService(db, executor, jobs, settings, gpus=gpus)
+    usage = UsageService(db, executor, jobs, settings, gpus=gpus, logs=logs)
     metrics.add_source(usage.figures())
     return Runtime(
         settings,

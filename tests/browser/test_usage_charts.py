@@ -148,3 +148,21 @@ def test_a_job_without_gpus_has_no_gpu_charts(page: Any, server: LiveServer) -> 
 
 def _contains(text: str) -> Any:
     return re.compile(re.escape(text))
+
+
+def test_the_log_view_shows_when_each_line_arrived(page: Any, server: LiveServer) -> None:
+    job = _submit(server, entrypoint="echo first; sleep 1; echo second; sleep 30")
+    server.wait_state(job["id"], "RUNNING")
+    page.goto(f"/#/jobs/{job['display_id']}")
+    log = page.locator("#log")
+    sync_api.expect(log).to_contain_text("second")
+    assert not re.match(r"\d{4}-", log.locator("div").first.inner_text())  # plain by default
+    page.check("#log-timestamps")
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z "
+    sync_api.expect(log.locator("div").first).to_have_text(re.compile(stamp + "first$"))
+    sync_api.expect(log.locator("div").last).to_have_text(re.compile(stamp + "second$"))
+    sync_api.expect(page.locator("#log-status")).to_have_text("with timestamps, read every 2 s")
+    page.uncheck("#log-timestamps")
+    sync_api.expect(log.locator("div").first).to_have_text("first")
+    with server.client() as http:
+        http.post(f"/api/v1/jobs/{job['id']}/stop")

@@ -484,3 +484,54 @@ def test_the_sdk_submits_the_idle_gpu_fields_and_reads_the_samples(
         assert {g.utilization_percent for g in sample.gpus} == {40.0}
         assert sample.memory_rss_bytes and sample.memory_rss_bytes > 0
         sdk.stop(job.id)
+
+
+# ---- log timestamps ---------------------------------------------------------------------------
+
+
+def test_logs_with_timestamps_say_when_each_line_arrived_without_changing_the_log(
+    fast: LiveServer, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from jobyard.cli.app import app
+
+    script = "echo one; sleep 1.5; echo two; echo three; sleep 1.5; printf 'four\\nfive\\n'"
+    with fast.client() as admin:
+        bob = admin.post("/api/v1/users", json={"name": "bob"}).json()["token"]
+        job = _submit(admin, entrypoint=script)
+        fast.wait_state(job["id"], "SUCCEEDED", timeout=30)
+        plain = admin.get(f"/api/v1/jobs/{job['id']}/logs")
+        stamped = admin.get(f"/api/v1/jobs/{job['id']}/logs", params={"timestamps": "true"})
+        last = admin.get(
+            f"/api/v1/jobs/{job['id']}/logs", params={"timestamps": "true", "tail": "1"}
+        )
+        streaming = admin.get(
+            f"/api/v1/jobs/{job['id']}/logs", params={"timestamps": "true", "follow": "true"}
+        )
+        with fast.client(bob) as other:
+            refused = other.get(f"/api/v1/jobs/{job['id']}/logs", params={"timestamps": "true"})
+    assert plain.text == "one\ntwo\nthree\nfour\nfive\n"  # the stored bytes, as written
+    lines = stamped.text.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["one", "two", "three", "four", "five"]
+    times = [datetime.fromisoformat(line.split(" ", 1)[0]) for line in lines]
+    assert lines[0].split(" ", 1)[0].endswith("Z")
+    assert times == sorted(times)
+    assert times[1] == times[2] and times[3] == times[4]  # written together, seen together
+    assert 1.0 < (times[1] - times[0]).total_seconds() < 3.5
+    assert 1.0 < (times[3] - times[1]).total_seconds() < 3.5
+    assert last.text == lines[-1] + "\n"
+    assert streaming.status_code == 422 and streaming.json()["error"]["field"] == "timestamps"
+    assert refused.status_code == 404
+
+    options = ["--url", fast.url, "--token", fast.token]
+    runner = CliRunner()
+    shown = runner.invoke(app, [*options, "logs", str(job["id"]), "--timestamps"])
+    assert shown.exit_code == 0 and shown.output == stamped.text
+    both = runner.invoke(app, [*options, "logs", str(job["id"]), "--timestamps", "-f"])
+    assert both.exit_code == 2 and "--timestamps" in both.output
+
+    with fast.client() as admin:
+        assert admin.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    read = partial(store_usage.task_marks, job_id=job["id"], task_index=0)
+    assert fast.runtime.db.read_sync(read) == []

@@ -190,3 +190,42 @@ def test_bad_idle_gpu_fields_are_refused_naming_the_field(
     problems = caught.value.errors()
     assert [p["loc"] for p in problems] == [(field,)]
     assert words in problems[0]["msg"]
+
+
+# ---- log timestamps ---------------------------------------------------------------------------
+
+
+def _at(seconds: float) -> bytes:
+    from datetime import UTC, datetime
+
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+        .encode()
+    )
+
+
+def test_each_line_gets_the_time_of_the_first_mark_that_covers_its_last_byte() -> None:
+    from jobyard.service.usage import stamp_lines
+
+    marks = [(6, 100.0), (4, 150.0), (12, 200.0)]  # the shrunken mark is not believed
+    data = b"a\nbb\nccc\ndd\nlate"
+    stamped = stamp_lines(data, 0, marks, late=300.0).split(b"\n")
+    assert stamped == [
+        _at(100) + b" a",
+        _at(100) + b" bb",  # ends at byte 5, within the first 6
+        _at(200) + b" ccc",
+        _at(200) + b" dd",  # ends exactly at 12
+        _at(300) + b" late",  # no pass saw it yet
+    ]
+
+
+def test_stamping_starts_at_the_offset_the_bytes_were_read_from() -> None:
+    from jobyard.service.usage import stamp_lines
+
+    assert stamp_lines(b"x\ny\n", 10, [(12, 1.0), (14, 2.0)], 9.0) == (
+        _at(1) + b" x\n" + _at(2) + b" y\n"
+    )
+    assert stamp_lines(b"", 0, [], 1.0) == b""
+    assert stamp_lines(b"no marks\n", 0, [], 5.0) == _at(5) + b" no marks\n"

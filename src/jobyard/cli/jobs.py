@@ -236,10 +236,18 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until it ends")] = False,
     tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines")] = None,
     task: Annotated[str | None, typer.Option(help="task index or name (default: first)")] = None,
+    timestamps: Annotated[
+        bool, typer.Option(help="each line behind the time the server first saw it")
+    ] = False,
 ) -> None:
     """A task's output, as written. With -f, a lost connection (e.g. the server restarting)
     is taken up again where it broke off, for up to a minute."""
     client = open_client(ctx)
+    if timestamps:
+        if follow:
+            raise typer.BadParameter("not with --follow (yet)", param_hint="--timestamps")
+        render.write_raw(client.logs(ref, task=task, tail=tail, timestamps=True))
+        return
     if follow:
         Follower(client, ref, task).run(tail)
     else:

@@ -172,9 +172,17 @@ def read_logs(
     tail: int | None = None,
     offset: int | None = None,
     follow: bool = False,
+    timestamps: bool = False,
 ) -> Call[str]:
-    """Logs of one task (the first unless named). With follow, the answer is a stream."""
-    given = {"task": task, "tail": tail, "offset": offset, "follow": "true" if follow else None}
+    """Logs of one task (the first unless named). With follow, the answer is a stream; with
+    timestamps, each line begins with the time the server first saw it (RFC 3339) and a space."""
+    given = {
+        "task": task,
+        "tail": tail,
+        "offset": offset,
+        "follow": "true" if follow else None,
+        "timestamps": "true" if timestamps else None,
+    }
     params = tuple((key, str(value)) for key, value in given.items() if value is not None)
     return Call("GET", _job_path(ref, "/logs"), _text, params=params)
 

@@ -203,9 +203,12 @@ class Client:
         task: str | int | None = None,
         tail: int | None = None,
         offset: int | None = None,
+        timestamps: bool = False,
     ) -> str:
-        """A task's output so far (the first task unless named by index or name)."""
-        return self._send(calls.read_logs(ref, task=task, tail=tail, offset=offset))
+        """A task's output so far (the first task unless named by index or name); with
+        timestamps, each line behind the time the server first saw it."""
+        call = calls.read_logs(ref, task=task, tail=tail, offset=offset, timestamps=timestamps)
+        return self._send(call)
 
     def follow_logs(
         self,
@@ -400,8 +403,10 @@ class AsyncClient:
         task: str | int | None = None,
         tail: int | None = None,
         offset: int | None = None,
+        timestamps: bool = False,
     ) -> str:
-        return await self._send(calls.read_logs(ref, task=task, tail=tail, offset=offset))
+        call = calls.read_logs(ref, task=task, tail=tail, offset=offset, timestamps=timestamps)
+        return await self._send(call)
 
     async def follow_logs(
         self,

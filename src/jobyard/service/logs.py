@@ -46,6 +46,19 @@ class LogService:
         start = self._start_offset(task, query)
         return self._executor.read_log(task.handle, start, min(query.limit, self._max_read))
 
+    async def read_from(
+        self, user: User, ref: str, query: LogQuery
+    ) -> tuple[Job, Task, int, bytes]:
+        """As read(), with the job, the task read and the byte offset the bytes begin at
+        (what log timestamps need: service/usage.py)."""
+        job = await self._jobs.get(user, ref)
+        task = find_task(job, query.task)
+        if task.handle is None:
+            return job, task, 0, b""
+        start = self._start_offset(task, query)
+        limit = min(query.limit, self._max_read)
+        return job, task, start, self._executor.read_log(task.handle, start, limit)
+
     async def follow(self, user: User, ref: str, query: LogQuery) -> AsyncIterator[bytes]:
         """Check the job and task now (so a bad ref is a 404 before any output), then return
         a stream of new output that ends once the task has ended and all is sent."""

@@ -18,6 +18,7 @@ The sampler counts its own CPU time (each step, in whichever thread runs it): th
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -28,6 +29,7 @@ from functools import partial
 from typing import ParamSpec, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, Metric
+from sqlalchemy import Connection
 
 from jobyard.config import Settings
 from jobyard.errors import InvalidInput, NotFound
@@ -46,6 +48,7 @@ from jobyard.model.job import IdleGpuAction
 from jobyard.model.usage import GpuUsage, JobUsage, TaskUsage, UsageSample
 from jobyard.service.auth import User
 from jobyard.service.jobs import JobService
+from jobyard.service.logs import LogQuery, LogService
 from jobyard.store import usage as store_usage
 from jobyard.store.db import Database
 from jobyard.store.usage import NumberedSample, RunningTask, TaskKey
@@ -138,6 +141,30 @@ class _Measured:
     usage: dict[TaskKey, TreeUsage]
     gpus: dict[int, GpuReading] | None
     at: float
+    log_sizes: dict[TaskKey, int]
+
+
+LOG_MARKS = 17_280  # log marks kept per task: a day of passes at 5 s while the log grows
+
+
+def stamp_lines(data: bytes, start: int, marks: Sequence[tuple[int, float]], late: float) -> bytes:
+    """Each line of `data` (log bytes from offset `start`) behind the time its last byte was
+    first seen there: the first mark (log size, when) that covers it; `late` for the bytes no
+    pass has seen yet. RFC 3339 in UTC, then a space, as `kubectl logs --timestamps`."""
+    sizes, times, most = [], [], 0
+    for size, at in marks:  # a log only grows; a mark below an earlier one is ignored
+        if size > most:
+            most = size
+            sizes.append(size)
+            times.append(at)
+    out, end = [], start
+    for line in data.splitlines(keepends=True):
+        end += len(line)
+        i = bisect.bisect_left(sizes, end)
+        at = times[i] if i < len(times) else late
+        stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+        out.append(stamp.replace("+00:00", "Z").encode() + b" " + line)
+    return b"".join(out)
 
 
 class UsageService:
@@ -149,6 +176,7 @@ class UsageService:
         settings: Settings,
         gpus: GpuSource | None = None,
         clock: Callable[[], float] = time.time,
+        logs: LogService | None = None,
     ) -> None:
         self._db = db
         self._executor = executor
@@ -158,6 +186,8 @@ class UsageService:
         self._clock = clock
         self._cpu = CpuMeter()
         self._seq: dict[TaskKey, int] = {}
+        self._marks: dict[TaskKey, tuple[int, int]] = {}  # (number, log size) of the last mark
+        self._logs = logs
         self.idle = IdleGpus(settings.idle_gpu_threshold_percent)
         self.cpu_seconds = 0.0  # the sampler's own CPU time, every thread it used
         self.passes = 0
@@ -235,16 +265,16 @@ class UsageService:
         """One pass: a sample of every running task this server can measure, stored."""
         tasks = await self._db.read(self._timed(store_usage.running_tasks))
         pids = self._timed(self._pids)(tasks)
-        measured = await asyncio.to_thread(self._timed(self._measure), pids)
+        measured = await asyncio.to_thread(self._timed(self._measure), tasks, pids)
         samples = self._timed(self._samples)(tasks, pids, measured)
         new = [key for key in samples if key not in self._seq]
         if new:
             found = await self._db.read(self._timed(partial(store_usage.last_numbers, keys=new)))
             self._seq.update({key: found.get(key, -1) for key in new})
         numbered = self._timed(self._number)(samples)
-        ring = self._settings.usage_samples
+        marks = await self._new_marks(measured)
         stored = await self._db.write(
-            self._timed(partial(store_usage.record, samples=numbered, ring=ring))
+            self._timed(partial(self._store, samples=numbered, marks=marks))
         )
         self.passes += 1
         self.samples += stored
@@ -259,16 +289,61 @@ class UsageService:
                 found[(task.job_id, task.task_index)] = roots
         return found
 
-    def _measure(self, pids: dict[TaskKey, Sequence[int]]) -> _Measured:
+    def _measure(
+        self, tasks: Sequence[RunningTask], pids: dict[TaskKey, Sequence[int]]
+    ) -> _Measured:
         table = ProcessTable.scan() if pids else ProcessTable({})
         gpus = self._gpus.read() if pids else None
+        sizes = {(t.job_id, t.task_index): self._executor.log_size(t.handle) for t in tasks}
         at = self._clock()
         usage = {}
         for key, roots in pids.items():
             found = table.usage(roots)
             if found is not None:
                 usage[key] = found
-        return _Measured(usage, gpus, at)
+        return _Measured(usage, gpus, at, sizes)
+
+    async def _new_marks(self, measured: _Measured) -> list[store_usage.LogMark]:
+        """A mark for each log that grew since its last one (logs of tasks seen for the first
+        time: their last stored mark is read first)."""
+        sizes = measured.log_sizes
+        new = [key for key in sizes if key not in self._marks]
+        if new:
+            found = await self._db.read(self._timed(partial(store_usage.last_marks, keys=new)))
+            self._marks.update({key: found.get(key, (-1, 0)) for key in new})
+        marks = []
+        for key, size in sizes.items():
+            seq, known = self._marks[key]
+            if size > known:
+                self._marks[key] = (seq + 1, size)
+                marks.append(store_usage.LogMark(key[0], key[1], seq + 1, size, measured.at))
+        for key in [k for k in self._marks if k not in sizes]:
+            del self._marks[key]
+        return marks
+
+    def _store(
+        self,
+        conn: Connection,
+        samples: Sequence[NumberedSample],
+        marks: Sequence[store_usage.LogMark],
+    ) -> int:
+        store_usage.record_marks(conn, marks, LOG_MARKS)
+        return store_usage.record(conn, samples, self._settings.usage_samples)
+
+    # ---- log timestamps -----------------------------------------------------------------------
+
+    async def stamped_log(self, user: User, ref: str, query: LogQuery) -> bytes:
+        """The log as LogService.read gives it, each line behind the time a sampling pass
+        first saw it (at the latest); lines no pass has seen yet: the task's end, or now."""
+        if self._logs is None:
+            raise NotFound("this server keeps no log timestamps", field="timestamps")
+        job, task, start, data = await self._logs.read_from(user, ref, query)
+        if not data:
+            return b""
+        read = partial(store_usage.task_marks, job_id=job.id, task_index=task.index)
+        marks = await self._db.read(read)
+        late = task.finished_at.timestamp() if task.finished_at else self._clock()
+        return stamp_lines(data, start, marks, late)
 
     def _samples(
         self,

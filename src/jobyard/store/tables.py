@@ -199,3 +199,18 @@ class TaskUsageRow(Base):
     rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # [[index, utilization %, memory used, memory total], ...]; null: no GPU figures
     gpus: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+
+
+class LogMarkRow(Base):
+    """How far a task's log had grown when a sampling pass saw it (service/usage.py): the
+    first `log_bytes` bytes were there at `timestamp`. What `logs?timestamps=true` stamps lines
+    with. A ring per task like task_usage's; deleted with the job."""
+
+    __tablename__ = "log_marks"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    log_bytes: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[float] = mapped_column(Float)

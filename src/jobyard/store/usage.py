@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from jobyard.model import JobState, TaskState
 from jobyard.model.usage import GpuUsage, UsageSample
-from jobyard.store.tables import JobRow, TaskRow, TaskUsageRow
+from jobyard.store.tables import JobRow, LogMarkRow, TaskRow, TaskUsageRow
 
 TaskKey = tuple[int, int]  # (job id, task index)
 _USAGE = TaskUsageRow.__table__
@@ -154,3 +154,82 @@ def _sample(row: Any) -> UsageSample:
         memory_rss_bytes=row.rss_bytes,
         gpus=gpus,
     )
+
+
+# ---- log marks: how far each task's log had grown, pass by pass --------------------------------
+
+_MARKS = LogMarkRow.__table__
+
+
+@dataclass(frozen=True)
+class LogMark:
+    job_id: int
+    task_index: int
+    seq: int
+    log_bytes: int
+    timestamp: float
+
+
+def last_marks(conn: Connection, keys: Sequence[TaskKey]) -> dict[TaskKey, tuple[int, int]]:
+    """(number, log size) of each task's latest mark (tasks without any are left out)."""
+    if not keys:
+        return {}
+    latest = (
+        select(LogMarkRow.job_id, LogMarkRow.task_index, func.max(LogMarkRow.seq).label("seq"))
+        .where(or_(*(and_(_MARKS.c.job_id == j, _MARKS.c.task_index == t) for j, t in keys)))
+        .group_by(LogMarkRow.job_id, LogMarkRow.task_index)
+        .subquery()
+    )
+    query = select(
+        LogMarkRow.job_id, LogMarkRow.task_index, LogMarkRow.seq, LogMarkRow.log_bytes
+    ).join(
+        latest,
+        and_(
+            LogMarkRow.job_id == latest.c.job_id,
+            LogMarkRow.task_index == latest.c.task_index,
+            LogMarkRow.seq == latest.c.seq,
+        ),
+    )
+    return {(j, t): (int(seq), int(size)) for j, t, seq, size in conn.execute(query)}
+
+
+def record_marks(conn: Connection, marks: Sequence[LogMark], ring: int) -> int:
+    """Store marks, each in its task's ring of `ring` rows (marks of deleted jobs dropped)."""
+    if not marks:
+        return 0
+    ids = {m.job_id for m in marks}
+    alive = set(conn.execute(select(JobRow.id).where(JobRow.id.in_(ids))).scalars())
+    rows = [
+        {
+            "job_id": m.job_id,
+            "task_index": m.task_index,
+            "slot": m.seq % ring,
+            "seq": m.seq,
+            "log_bytes": m.log_bytes,
+            "timestamp": m.timestamp,
+        }
+        for m in marks
+        if m.job_id in alive
+    ]
+    if rows:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(LogMarkRow)
+        replaced = ("seq", "log_bytes", "timestamp")
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["job_id", "task_index", "slot"],
+                set_={name: statement.excluded[name] for name in replaced},
+            ),
+            rows,
+        )
+    return len(rows)
+
+
+def task_marks(conn: Connection, job_id: int, task_index: int) -> list[tuple[int, float]]:
+    """A task's kept marks as (log size, when), in the order they were taken."""
+    query = (
+        select(_MARKS.c.log_bytes, _MARKS.c.timestamp)
+        .where(_MARKS.c.job_id == job_id, _MARKS.c.task_index == task_index)
+        .order_by(_MARKS.c.seq)
+    )
+    return [(int(size), float(at)) for size, at in conn.execute(query)]

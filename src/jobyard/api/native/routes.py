@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from jobyard import __version__
@@ -19,6 +19,7 @@ from jobyard.api.native.schemas import (
     job_response,
     page_response,
 )
+from jobyard.api.native.usage import stamped_log
 from jobyard.errors import InvalidInput
 from jobyard.model import JobState
 from jobyard.service import JobQuery, LogQuery
@@ -139,6 +140,7 @@ async def job_events(ref: str, user: CurrentUser, jobs: JobsDep) -> EventList:
     },
 )
 async def job_logs(
+    request: Request,
     ref: str,
     user: CurrentUser,
     logs: LogsDep,
@@ -148,9 +150,14 @@ async def job_logs(
         int | None, Query(ge=0, le=MAX_OFFSET, description="byte offset to start from")
     ] = None,
     follow: bool = False,
+    timestamps: Annotated[
+        bool, Query(description="each line behind the time jobyard first saw it (RFC 3339)")
+    ] = False,
 ) -> Response:
     query = LogQuery(task=task, offset=offset, tail=tail)
     media = "text/plain; charset=utf-8"
+    if timestamps:
+        return Response(await stamped_log(request, user, ref, query, follow), media_type=media)
     if follow:
         return StreamingResponse(await logs.follow(user, ref, query), media_type=media)
     return Response(await logs.read(user, ref, query), media_type=media)

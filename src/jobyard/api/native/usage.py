@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from jobyard.api.deps import CurrentUser
 from jobyard.api.errors import NATIVE_ERRORS, described
-from jobyard.errors import NotFound
+from jobyard.errors import InvalidInput, NotFound
 from jobyard.model.usage import JobUsage
+from jobyard.service import LogQuery, User
 from jobyard.service.usage import UsageService
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=NATIVE_ERRORS)
@@ -42,3 +43,12 @@ async def job_metrics(
     GPUs' utilisation and memory. Kept after the job ends (the latest `usage_samples` of each
     task); a figure this server cannot measure is null, never 0."""
     return await usage.job_usage(user, ref, task=task, last=last)
+
+
+async def stamped_log(
+    request: Request, user: User, ref: str, query: LogQuery, follow: bool
+) -> bytes:
+    """`GET .../logs?timestamps=true` (routes.py): the log with each line's time in front."""
+    if follow:
+        raise InvalidInput("timestamps: not with follow=true (yet)", field="timestamps")
+    return await (await _usage(request)).stamped_log(user, ref, query)

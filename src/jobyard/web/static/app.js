@@ -279,6 +279,8 @@ function logView(ref) {
   const pause = el("button", { type: "button", id: "log-pause", onclick: () => togglePause() }, "Pause");
   const search = el("input", { id: "log-search", type: "search", placeholder: "search", oninput: () => applySearch() });
   const download = el("a", { id: "log-download", href: `/ui/api/jobs/${ref}/logs`, download: `${ref}.log` }, "Download");
+  const stamps = el("input", { id: "log-timestamps", type: "checkbox", onchange: () => start() });
+  let stampTimer = null;
   let controller = null;
   let paused = false;
   let held = [];
@@ -339,9 +341,24 @@ function logView(ref) {
     setStatus(paused ? "paused" : "following");
   }
 
+  // With timestamps: the tail as the server stamps it (when jobyard first saw each line),
+  // read again every 2 s rather than followed.
+  async function stamped() {
+    const query = new URLSearchParams({ tail: limit() });
+    if (taskSelect.value) query.set("task", taskSelect.value);
+    const response = await fetch(`/ui/api/jobs/${ref}/logs/stamped?${query}`, { credentials: "same-origin" });
+    if (!response.ok) { setStatus(`no log (${response.status})`); return; }
+    const lines = (await response.text()).split("\n");
+    if (lines[lines.length - 1] === "") lines.pop();
+    box.replaceChildren(); append(lines);
+    setStatus("with timestamps, read every 2 s");
+  }
+
   async function start() {
     if (controller) controller.abort();
     controller = new AbortController();
+    clearInterval(stampTimer);
+    if (stamps.checked) { stamped(); stampTimer = setInterval(stamped, 2000); return; }
     box.replaceChildren(); held = []; partial = "";
     const task = taskSelect.value;
     download.href = `/ui/api/jobs/${ref}/logs${task ? `?task=${encodeURIComponent(task)}` : ""}`;
@@ -367,12 +384,12 @@ function logView(ref) {
     }
   }
 
-  cleanup.push(() => controller && controller.abort());
+  cleanup.push(() => { if (controller) controller.abort(); clearInterval(stampTimer); });
   const node = el("div", {},
     el("div", { class: "log-bar" },
       el("label", { for: "log-task" }, "Task ", taskSelect),
       el("label", { for: "log-tail" }, "Tail lines ", tailInput),
-      pause, search, download, status),
+      pause, el("label", { for: "log-timestamps" }, stamps, " Timestamps"), search, download, status),
     box);
   return {
     node,
