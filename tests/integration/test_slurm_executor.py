@@ -19,7 +19,7 @@ import pytest
 from websockets.sync.client import connect
 
 from jobyard.errors import ExecutorRefused, ExecutorUnavailable
-from jobyard.executors.base import InterruptedStart
+from jobyard.executors.base import InterruptedStart, TerminalSize
 from jobyard.executors.slurm.commands import Result
 from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, TaskState
@@ -33,7 +33,7 @@ from tests.integration.slurm_support import (
     slurm,
     slurm_settings,
 )
-from tests.integration.test_executor_contract import placement, run_in_pty, wait_report
+from tests.integration.test_executor_contract import output_of, placement, wait_report
 from tests.integration.test_reliability_restart import KillWhileStarting, log_on_disk, submit_all
 
 pytestmark = [
@@ -158,10 +158,12 @@ async def test_a_shell_command_is_an_srun_step_of_the_job(executor: SlurmExecuto
     (task,) = await executor.start(p)
     wait_for(lambda: executor.read_log(task.handle, 0, 100) == b"ready\n", timeout=30)
     await executor.poll([task.handle])
-    shell = executor.shell_command(p, 0, task.handle, 'echo "job=$SLURM_JOB_ID/$SLURM_STEP_ID"')
+    line = 'echo "job=$SLURM_JOB_ID/$SLURM_STEP_ID"'
+    shell = executor.shell_command(p, 0, task.handle, line)
     slurm_id = task.handle["slurm_job_id"]
     assert shell.argv[:4] == ["srun", f"--jobid={slurm_id}", "--overlap", "--pty"]
-    output = run_in_pty(shell.argv, shell.env, shell.cwd)
+    opened = await executor.open_shell(p, 0, task.handle, command=line, size=TerminalSize(24, 80))
+    output, _, _ = await output_of(opened)
     assert re.search(rf"job={slurm_id}/\d+", output), output  # a step inside the allocation
     await executor.stop(task.handle, grace=1)
 
@@ -182,7 +184,10 @@ async def test_one_task_jobs_started_together_are_one_job_array(executor: SlurmE
     own = slurm("squeue", "-h", "-r", "-j", ids[2], "-o", "%A")
     shell = executor.shell_command(jobs[2], 0, started[2].handle, 'echo "job=$SLURM_JOB_ID"')
     assert shell.argv[1] == f"--jobid={own}"
-    assert f"job={own}" in run_in_pty(shell.argv, shell.env, shell.cwd)
+    opened = await executor.open_shell(
+        jobs[2], 0, started[2].handle, command='echo "job=$SLURM_JOB_ID"', size=TerminalSize(24, 80)
+    )
+    assert f"job={own}" in (await output_of(opened))[0]
     for task in started:
         await executor.stop(task.handle, grace=0)
 
