@@ -255,6 +255,8 @@ class RayExecutor(Executor):
         """(what was submitted, whether it waits for the cluster to answer). Takes the first
         id Ray does not hold; a live job of this server's under an id is the one a start that
         never got recorded submitted: it is taken over rather than run twice."""
+        if self._unavailable is not None:  # no call that would wait for a timeout: the
+            return self._defer(submission), True  # watcher probes the cluster
         for attempt in range(_MAX_IDS):
             candidate = submission.with_id(submission_id(submission.submission_id, attempt))
             try:
@@ -263,14 +265,21 @@ class RayExecutor(Executor):
                 return candidate, False
             except Unreachable as exc:
                 self._mark_unavailable(exc.message)
-                self._backlog[candidate.submission_id] = candidate
-                return candidate, True
+                return self._defer(submission), True
             except RayRefused as exc:
                 if "already exists" not in exc.message:
                     raise StartFailed(f"Ray refused the job: {_last_line(exc.message)}") from exc
             if await self._is_ours_and_live(candidate):
                 return candidate, False
         raise StartFailed(f"Ray holds {_MAX_IDS} jobs named {submission.submission_id}[-n]")
+
+    def _defer(self, submission: Submission) -> Submission:
+        """Keep a submission until the cluster answers, under an id of its own (which ids Ray
+        holds cannot be known now; the handle keeps the id, and the whole submission)."""
+        deferred = submission.with_id(f"{submission.submission_id}-w{time.time_ns() // 10**6}")
+        self._backlog[deferred.submission_id] = deferred
+        self._work.set()
+        return deferred
 
     async def _is_ours_and_live(self, candidate: Submission) -> bool:
         try:
@@ -316,7 +325,7 @@ class RayExecutor(Executor):
                 self._watch_new(sid, handle)
             if sid not in self._finals and sid not in self._backlog and sid not in self._seen:
                 unknown.append(sid)  # never asked about (a restart): ask now
-        if unknown:
+        if unknown and self._unavailable is None:  # asked later, when the cluster answers
             await self._check(unknown, time.monotonic())
         return [self._report(h) for h in handles]
 
@@ -361,10 +370,11 @@ class RayExecutor(Executor):
                     self.wakeup()
             except Exception:
                 log.exception("Ray executor: a watcher round failed; going on")
-            # At most a third of the time asking Ray (a list of many jobs costs it).
+            # A round every poll_interval_seconds, but at most a third of the time spent
+            # asking Ray (a list of many jobs costs it).
             spent = time.monotonic() - began
-            pause = self._ray.poll_interval_seconds if self._unavailable is None else 1.0
-            await self._rest(max(pause, 2 * spent))
+            period = self._ray.poll_interval_seconds if self._unavailable is None else 1.0
+            await self._rest(max(period - spent, 2 * spent))
 
     async def _rest(self, pause: float) -> None:
         """Sleep `pause`; with nothing to watch, until a job starts or the capacity is due."""
