@@ -23,6 +23,7 @@ from bench.client import Connection, Target
 from bench.dashboard import dashboard
 from bench.gateway import gateway
 from bench.ray import ray
+from bench.ray_executor import ray_executor
 from bench.report import Result, at_least, at_most, info, percentile
 from bench.scheduler import scheduler
 from bench.server import Server, running_server
@@ -380,6 +381,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Result]]] = {
     "memory": memory,
     "gateway": gateway,
     "ray": ray,
+    "ray-executor": ray_executor,
     "slurm": slurm,
     "scheduler": scheduler,
     "dashboard": dashboard,
