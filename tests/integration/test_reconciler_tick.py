@@ -253,8 +253,7 @@ async def _caught_mid_start(db: Database, clock: Clock, **spec: Any) -> int:
     job_id = await submit(db, "alice", clock, **spec)
 
     def claim(conn: Any) -> None:
-        for state in (JobState.SCHEDULED, JobState.STARTING):
-            q.transition(conn, job_id, q.Transition(state), clock.now)
+        q.transition(conn, job_id, q.Transition(JobState.STARTING), clock.now)
 
     await db.write(claim)
     return job_id

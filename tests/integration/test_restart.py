@@ -52,7 +52,11 @@ def test_the_admin_token_survives_a_restart(home: Path) -> None:
             assert http.get("/api/v1/whoami").json() == {"name": "admin", "admin": True}
 
 
-def test_jobs_caught_mid_start_by_a_crash_are_requeued_or_failed(home: Path) -> None:
+def test_jobs_a_crash_caught_queued_run_and_claimed_ones_it_left_nothing_of_fail(
+    home: Path,
+) -> None:
+    """A queued job is simply still queued. A claimed one (STARTING: no job is ever stored
+    SCHEDULED) whose start left nothing behind is LOST."""
     import time
 
     from jobyard.model import JobSpec, JobState
@@ -67,7 +71,7 @@ def test_jobs_caught_mid_start_by_a_crash_are_requeued_or_failed(home: Path) -> 
 
     def crashed_mid_start(conn):  # type: ignore[no-untyped-def]
         ids = []
-        for target in (JobState.SCHEDULED, JobState.STARTING):
+        for target in (JobState.QUEUED, JobState.STARTING):
             new = new_job(
                 owner="admin",
                 submission_id=f"crash-{target}",
@@ -76,18 +80,25 @@ def test_jobs_caught_mid_start_by_a_crash_are_requeued_or_failed(home: Path) -> 
                 spec=JobSpec(entrypoint="true"),
             )
             job_id = q.insert_job(conn, new, time.time())
-            q.transition(conn, job_id, q.Transition(JobState.SCHEDULED), time.time())
             if target is JobState.STARTING:
                 q.transition(conn, job_id, q.Transition(JobState.STARTING), time.time())
             ids.append(job_id)
         return ids
 
-    scheduled, starting = db.write_sync(crashed_mid_start)
+    queued, starting = db.write_sync(crashed_mid_start)
     db.close()
     with running_server(settings) as server:
-        assert server.wait_state(scheduled, "SUCCEEDED")["exit_code"] == 0  # requeued, then ran
+        assert server.wait_state(queued, "SUCCEEDED")["exit_code"] == 0
         lost = server.wait_state(starting, "FAILED")
         assert lost["reason"] == "LOST" and "the process was not found" in lost["message"]
+        with server.client() as http:
+            ran = http.get(f"/api/v1/jobs/{queued}").json()
+        assert [e["state"] for e in ran["state_log"]] == [
+            "QUEUED",
+            "STARTING",
+            "RUNNING",
+            "SUCCEEDED",
+        ]
 
 
 def test_a_task_that_cannot_get_a_log_fails_to_start_instead_of_sticking(home: Path) -> None:

@@ -22,16 +22,15 @@ def test_terminal_states_are_never_left(terminal: JobState) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.SUCCEEDED],
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.FAILED],
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED],
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.FAILED],
+        [S.QUEUED, S.STARTING, S.RUNNING, S.SUCCEEDED],
+        [S.QUEUED, S.STARTING, S.RUNNING, S.FAILED],
+        [S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED],
+        [S.QUEUED, S.STARTING, S.FAILED],
         [S.QUEUED, S.STOPPED],
-        [S.QUEUED, S.SCHEDULED, S.QUEUED],
         # retries: a failed attempt goes back to the queue instead of ending FAILED
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.QUEUED, S.SCHEDULED],
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.QUEUED],
-        [S.QUEUED, S.SCHEDULED, S.STARTING, S.RUNNING, S.STOPPING, S.QUEUED],
+        [S.QUEUED, S.STARTING, S.RUNNING, S.QUEUED, S.STARTING],
+        [S.QUEUED, S.STARTING, S.QUEUED],
+        [S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING, S.QUEUED],
     ],
 )
 def test_lifecycle_paths_are_legal(path: list[JobState]) -> None:
@@ -43,6 +42,8 @@ def test_lifecycle_paths_are_legal(path: list[JobState]) -> None:
     ("current", "target"),
     [
         (S.QUEUED, S.RUNNING),
+        (S.QUEUED, S.SCHEDULED),  # no edge enters SCHEDULED (claimed straight to STARTING)
+        (S.STARTING, S.SCHEDULED),
         (S.QUEUED, S.SUCCEEDED),
         (S.FAILED, S.QUEUED),
         (S.STOPPED, S.QUEUED),
@@ -64,3 +65,10 @@ def test_failed_is_a_warning_and_success_is_normal() -> None:
     assert event_for(S.FAILED) == (EventType.WARNING, "Failed")
     assert event_for(S.SUCCEEDED) == (EventType.NORMAL, "Completed")
     assert all(event_for(state)[1] for state in JobState)
+
+
+def test_no_state_leads_to_scheduled() -> None:
+    """SCHEDULED was entered and left in one transaction, so nothing ever stored it: the claim
+    goes QUEUED -> STARTING, with the Scheduled event."""
+    assert all(S.SCHEDULED not in exits for exits in TRANSITIONS.values())
+    assert event_for(S.STARTING) == (EventType.NORMAL, "Scheduled")

@@ -153,6 +153,14 @@ def path_to(state: JobState) -> list[JobState]:
     return paths[state]
 
 
+# The states a job can be stored in: SCHEDULED is entered by no edge (docs/state-machine.md).
+REACHABLE = [
+    state
+    for state in JobState
+    if state is JobState.QUEUED or any(state in targets for targets in TRANSITIONS.values())
+]
+
+
 def job_in_state(state: JobState, **kwargs: Any) -> Callable[[Connection], int]:
     """A write that inserts a job and drives it to `state` along legal edges."""
 
@@ -333,7 +341,7 @@ async def test_a_display_id_clash_raises_and_is_not_a_duplicate_submission(
 async def test_every_edge_outside_the_transition_table_is_refused_and_changes_nothing(
     db: Database,
 ) -> None:
-    for state in JobState:
+    for state in REACHABLE:
         job_id = await db.write(job_in_state(state))
         before = (await fetch(db, job_id), await events(db, job_id))
         assert before[0].state is state
@@ -352,7 +360,9 @@ async def test_every_edge_outside_the_transition_table_is_refused_and_changes_no
 
 
 async def test_every_edge_in_the_transition_table_is_accepted(db: Database) -> None:
-    edges = [(s, t) for s, targets in TRANSITIONS.items() for t in sorted(targets)]
+    edges = [
+        (s, t) for s, targets in TRANSITIONS.items() if s in REACHABLE for t in sorted(targets)
+    ]
 
     def apply_all(conn: Connection) -> list[tuple[int, JobState, JobState]]:
         done = []
@@ -376,10 +386,9 @@ async def test_every_edge_in_the_transition_table_is_accepted(db: Database) -> N
 async def test_legal_transitions_are_logged_with_timestamps_and_evented(db: Database) -> None:
     job_id = await add(db)
     steps = [
-        (JobState.SCHEDULED, NOW + 1, {}),
+        (JobState.STARTING, NOW + 1, {}),
         (JobState.QUEUED, NOW + 2, {}),  # requeued
-        (JobState.SCHEDULED, NOW + 3, {}),
-        (JobState.STARTING, NOW + 4, {}),
+        (JobState.STARTING, NOW + 3, {}),
         (JobState.RUNNING, NOW + 5, {}),
         (
             JobState.SUCCEEDED,
@@ -465,7 +474,7 @@ async def test_failure_transition_records_reason_exit_code_and_a_warning_event(
 
 async def test_events_default_their_type_and_reason_from_the_target_state(db: Database) -> None:
     job_id = await add(db)
-    path = [JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING]
+    path = [JobState.STARTING, JobState.RUNNING, JobState.STOPPING]
     for step, target in enumerate(path, start=1):
         await move(db, job_id, target, NOW + step)
     await move(db, job_id, JobState.FAILED, NOW + 9, message="lost contact")
@@ -487,7 +496,7 @@ async def test_events_default_their_type_and_reason_from_the_target_state(db: Da
 
 async def test_transition_of_a_missing_job_is_not_found(db: Database) -> None:
     with pytest.raises(NotFound):
-        await move(db, 10**6, JobState.SCHEDULED)
+        await move(db, 10**6, JobState.STARTING)
 
 
 async def test_request_stop_and_update_task(db: Database) -> None:
@@ -561,7 +570,7 @@ ROWS = [
     Row("carol", "default", "eval 50%xdone", JobState.SUCCEEDED, {"tier": "silver"}),
     Row("carol", "gpu", "a_b", labels={"tier": "gold"}),
     Row("alice", "gpu", "axb", JobState.STOPPED, {"team": "vision", "tier": "silver"}),
-    Row("alice", "default", "back\\slash", JobState.SCHEDULED, {"note": ""}),
+    Row("alice", "default", "back\\slash", JobState.STARTING, {"note": ""}),
     Row("bob", "gpu", "backslash", JobState.RUNNING),
     Row("bob", "default", "100%", labels={"team": "vision=x"}),
     Row("carol", "gpu", "train-gpt", JobState.QUEUED, {"team": "nlp", "tier": "gold"}),
@@ -734,7 +743,7 @@ async def test_ids_in_states_orders_by_priority_then_age(db: Database) -> None:
     spec = [
         (0, JobState.QUEUED),
         (5, JobState.QUEUED),
-        (5, JobState.SCHEDULED),
+        (5, JobState.STARTING),
         (1, JobState.QUEUED),
         (9, JobState.RUNNING),
         (5, JobState.QUEUED),
@@ -743,7 +752,7 @@ async def test_ids_in_states_orders_by_priority_then_age(db: Database) -> None:
     queued = await db.read(partial(ids_in_states, states=[JobState.QUEUED]))
     assert queued == [ids[1], ids[5], ids[3], ids[0]]
     both = await db.read(
-        partial(ids_in_states, states=[JobState.QUEUED, JobState.SCHEDULED], limit=3)
+        partial(ids_in_states, states=[JobState.QUEUED, JobState.STARTING], limit=3)
     )
     assert both == [ids[1], ids[2], ids[5]]
     assert await db.read(partial(ids_in_states, states=[JobState.STOPPED])) == []
@@ -822,7 +831,8 @@ async def test_delete_job_removes_its_rows_and_nothing_else(db: Database) -> Non
         return (jobs, *(count(conn, t, job_id) for t in tables))
 
     assert await db.read(partial(counts, job_id=gone)) == (0, 0, 0, 0, 0)
-    assert await db.read(partial(counts, job_id=keep)) == (1, 4, 4, 2, 1)
+    # QUEUED, STARTING, RUNNING: three state-log rows, three events
+    assert await db.read(partial(counts, job_id=keep)) == (1, 3, 3, 2, 1)
     assert await fetch(db, gone) is None
     assert await events(db, gone) == []
     assert await db.read(partial(resolve_ref, ref=gone_display, owner=None)) is None
@@ -950,11 +960,11 @@ async def test_a_write_is_visible_as_soon_as_its_await_returns(db: Database) -> 
         for i in range(10):
             job_id = await add(db, submission_id=f"rw-{i}")
             assert (await fetch(db, job_id)).state is JobState.QUEUED
-            await move(db, job_id, JobState.SCHEDULED, NOW + i)
-            assert (await fetch(db, job_id)).state is JobState.SCHEDULED
+            await move(db, job_id, JobState.STARTING, NOW + i)
+            assert (await fetch(db, job_id)).state is JobState.STARTING
             with other_reader.connect() as conn:
                 state = conn.execute(select(JobRow.state).where(JobRow.id == job_id)).scalar_one()
-            assert state == JobState.SCHEDULED.value
+            assert state == JobState.STARTING.value
         # the blocking variants behave the same from a worker thread
         sync_id = await asyncio.to_thread(
             db.write_sync, partial(insert_job, new=new_job(submission_id="sync"), now=NOW)
