@@ -18,93 +18,10 @@ from datetime import UTC, datetime
 
 from jobyard.config import QueueSpec
 from jobyard.model import Job, JobSpec, PendingReason, Placement
-from jobyard.model.capacity import Capacity, GpuInfo, gpu_matches
+from jobyard.model.capacity import Capacity, Free, Shortage, amount, shortfall
 from jobyard.model.job import TaskPlacement, task_name
 
-
-@dataclass
-class Free:
-    """What is left of a pool once the live jobs are subtracted."""
-
-    node: str
-    cpus: float
-    memory_mib: int
-    tasks: int
-    gpus: list[GpuInfo] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, capacity: Capacity, live: Iterable[Job]) -> Free:
-        free = cls(
-            capacity.node,
-            capacity.cpus,
-            capacity.memory_mib,
-            capacity.max_tasks,
-            list(capacity.gpus),
-        )
-        for job in live:
-            held = [t for t in job.tasks if not t.state.is_finished()]
-            free.cpus -= job.spec.resources.cpus * len(held)
-            free.memory_mib -= job.spec.resources.memory * len(held)
-            free.tasks -= len(held)
-            used = {g for t in held for g in t.gpus}
-            free.gpus = [g for g in free.gpus if g.index not in used]
-        return free
-
-    def take(self, job: Job) -> list[list[int]] | None:
-        """Reserve room for every replica of `job`; return the GPUs of each, or None."""
-        return self.take_spec(job.spec)
-
-    def take_spec(self, spec: JobSpec) -> list[list[int]] | None:
-        res, n = spec.resources, spec.replicas
-        if n > self.tasks or res.cpus * n > self.cpus + 1e-9 or res.memory * n > self.memory_mib:
-            return None
-        if res.gpus * n > len(self.gpus):
-            return None
-        matching = [g for g in self.gpus if gpu_matches(g, res)] if res.gpus else []
-        if res.gpus * n > len(matching):
-            return None
-        assigned = [
-            [g.index for g in matching[i * res.gpus : (i + 1) * res.gpus]] for i in range(n)
-        ]
-        taken = {g for gpus in assigned for g in gpus}
-        self.gpus = [g for g in self.gpus if g.index not in taken]
-        self.cpus -= res.cpus * n
-        self.memory_mib -= res.memory * n
-        self.tasks -= n
-        return assigned
-
-    def fits(self, spec: JobSpec) -> bool:
-        res, n = spec.resources, spec.replicas
-        if n > self.tasks or res.cpus * n > self.cpus + 1e-9 or res.memory * n > self.memory_mib:
-            return False
-        return res.gpus * n <= sum(1 for g in self.gpus if gpu_matches(g, res))
-
-    def hold(self, spec: JobSpec) -> Free:
-        """Set aside as much of what `spec` needs as is free now; return what was held."""
-        res, n = spec.resources, spec.replicas
-        matching = [g for g in self.gpus if gpu_matches(g, res)][: res.gpus * n]
-        taken = {g.index for g in matching}
-        held = Free(
-            self.node,
-            min(max(self.cpus, 0.0), res.cpus * n),
-            min(max(self.memory_mib, 0), res.memory * n),
-            min(max(self.tasks, 0), n),
-            matching,
-        )
-        self.gpus = [g for g in self.gpus if g.index not in taken]
-        self.cpus -= held.cpus
-        self.memory_mib -= held.memory_mib
-        self.tasks -= held.tasks
-        return held
-
-    def plus(self, other: Free) -> Free:
-        return Free(
-            self.node,
-            self.cpus + other.cpus,
-            self.memory_mib + other.memory_mib,
-            self.tasks + other.tasks,
-            [*self.gpus, *other.gpus],
-        )
+__all__ = ["Candidate", "Free", "Plan", "Usage", "plan"]
 
 
 # ---- the planner: queues, priorities, fair share, quotas, reservation, pending reasons ------
@@ -207,30 +124,30 @@ def _why_not(
             PendingReason.PRIORITY,
             f"the resources it needs are held for {holder}, which is ahead",
         )
-    if res.gpus and res.gpu_model:
-        matching = sum(1 for g in free.gpus if gpu_matches(g, res))
-        if matching < res.gpus * n <= len(free.gpus):
-            return (
-                PendingReason.NO_MATCHING_GPU_MODEL,
-                f"needs {res.gpus * n} GPUs of model {res.gpu_model!r}; {matching} of the "
-                f"{len(free.gpus)} free GPUs match",
-            )
-    needs = []
-    if n > free.tasks:
-        needs.append(f"{n} task slots ({max(free.tasks, 0)} free)")
-    if res.cpus * n > free.cpus + 1e-9:
-        needs.append(f"{res.cpus * n:g} CPUs ({max(free.cpus, 0):g} free)")
-    if res.memory * n > free.memory_mib:
-        needs.append(f"{res.memory * n} MiB ({max(free.memory_mib, 0)} MiB free)")
-    matching = sum(1 for g in free.gpus if gpu_matches(g, res))
-    if res.gpus * n > matching:
-        needs.append(f"{res.gpus * n} GPUs ({matching} free)")
-    what = "needs " + ", ".join(needs) if needs else "does not fit now"
-    if n > 1:
-        one = spec.model_copy(update={"replicas": 1})
-        if free.fits(one):
-            return PendingReason.GANG_DOES_NOT_FIT_YET, f"all {n} workers start together; {what}"
+    short = shortfall(free, res, n)
+    gpus = next((s for s in short if s.field == "resources.gpus"), None)
+    if gpus is not None and res.gpu_model and gpus.needed <= gpus.any_model:
+        return (
+            PendingReason.NO_MATCHING_GPU_MODEL,
+            f"needs {amount(gpus.needed)} GPUs of model {res.gpu_model!r}; "
+            f"{amount(gpus.free)} of the {gpus.any_model} free GPUs match",
+        )
+    what = "needs " + ", ".join(_need(s) for s in short) if short else "does not fit now"
+    if n > 1 and free.fits(spec.model_copy(update={"replicas": 1})):
+        return PendingReason.GANG_DOES_NOT_FIT_YET, f"all {n} workers start together; {what}"
     return PendingReason.WAITING_FOR_CAPACITY, what
+
+
+_NEEDS = {
+    "replicas": "{needed} task slots ({free} free)",
+    "resources.cpus": "{needed} CPUs ({free} free)",
+    "resources.memory": "{needed} MiB ({free} MiB free)",
+    "resources.gpus": "{needed} GPUs ({free} free)",
+}
+
+
+def _need(short: Shortage) -> str:
+    return _NEEDS[short.field].format(needed=amount(short.needed), free=amount(max(short.free, 0)))
 
 
 def plan(
