@@ -63,6 +63,9 @@ def make_settings(home: Any, **overrides: Any) -> Settings:
         "memory_mib": 16384,
         "gpus": [],
         "ray_port": 0,  # off: parallel tests never race for 8265 (running_server(ray=True))
+        # No containers unless a test asks (container_support.py): an image is refused the same
+        # way whether or not this machine has podman.
+        "container_runtime": "none",
         # Three queues on the one pool, so tests can tell queues apart.
         "queues": [
             QueueSpec(name="default"),

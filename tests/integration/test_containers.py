@@ -5,7 +5,7 @@ What every executor promises runs for containers too in test_executor_contract.p
 registry's words; a pull that hangs), the stop with nothing left (`podman ps -a`, conmon and
 the supervisor by psutil), a server restart, a container whose supervisor died found by its
 labels, workers reaching each other, what a mount lets a job write, a shell inside, GPUs,
-and the 4xx answers to bad input.
+the 4xx answers to bad input, and a pull on a Slurm node.
 """
 
 from __future__ import annotations
@@ -28,8 +28,16 @@ import pytest
 from jobyard.config import GpuSpec
 from jobyard.errors import ExecutorRefused
 from jobyard.executors import containers
-from jobyard.executors.base import Handle, InterruptedStart, StartedTask, StartFailed, TaskReport
+from jobyard.executors.base import (
+    Executor,
+    Handle,
+    InterruptedStart,
+    StartedTask,
+    StartFailed,
+    TaskReport,
+)
 from jobyard.executors.local.executor import LocalExecutor
+from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, PendingReason, Placement, TaskState, TerminationReason
 from jobyard.model.job import TaskPlacement
 from tests.helpers import LiveServer, make_settings, running_server, wait_for
@@ -42,6 +50,11 @@ from tests.integration.container_support import (
     needs_podman,
     podman,
     slow_proxy,
+)
+from tests.integration.slurm_support import (
+    SKIP_REASON as NO_SLURM,
+    holding_the_cluster,
+    slurm_settings,
 )
 
 pytestmark = needs_podman
@@ -77,7 +90,7 @@ def placement(**spec: Any) -> Placement:
 
 
 async def wait_report(
-    executor: LocalExecutor, handle: Handle, until: set[TaskState] = _ENDED, timeout: float = 30
+    executor: Executor, handle: Handle, until: set[TaskState] = _ENDED, timeout: float = 30
 ) -> TaskReport:
     deadline = time.monotonic() + timeout
     while True:
@@ -338,3 +351,35 @@ async def test_gpus_without_cdi_specs_are_refused_at_start(images: Images, home:
             await ex.start(placement(entrypoint="true", resources={"gpus": 1}, gpus=[1]))
     finally:
         await ex.close()
+
+
+# ---- on Slurm: the batch script pulls and runs the container on the node ------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(NO_SLURM is not None, reason=str(NO_SLURM))
+async def test_on_slurm_the_node_pulls_the_image_or_says_why_not(
+    images: Images, home: Path, tmp_path: Path
+) -> None:
+    """What the contract's slurm-container kind does not: a pull on the node (PULLING while
+    it lasts, through a slow proxy), and a tag the registry lacks (IMAGE_PULL_FAILED)."""
+    settings = container_settings(home, executor="slurm", slurm=slurm_settings())
+    with holding_the_cluster(tmp_path), slow_proxy(images.registry, 0.3) as registry:
+        ex = SlurmExecutor(settings)
+        try:
+            image = images.remote.replace(images.registry, registry)
+            (pulled,) = await ex.start(placement(entrypoint="echo pulled", image=image))
+            (missing,) = await ex.start(placement(entrypoint="true", image=images.missing()))
+            deadline = time.monotonic() + 30
+            while (await ex.poll([pulled.handle]))[0].pending_reason is not PendingReason.PULLING:
+                assert time.monotonic() < deadline, "never seen pulling"
+                await asyncio.sleep(0.05)
+            report = await wait_report(ex, pulled.handle)
+            assert (report.exit_code, ex.read_log(pulled.handle, 0, 100)) == (0, b"pulled\n")
+            report = await wait_report(ex, missing.handle)
+            assert (report.exit_code, report.reason) == (125, TerminationReason.IMAGE_PULL_FAILED)
+            assert "manifest unknown" in report.message
+        finally:
+            await ex.close()
+            images.forget(image)
+    assert gone_in_time(home) == []

@@ -235,3 +235,31 @@ def test_a_shell_execs_into_the_container() -> None:
     assert "--workdir /data/jobs/1 c1 /bin/sh -c 'echo hi'" in argv[2]
     login = containers.exec_command(PODMAN, "c1", "/w", None)
     assert "bash -il" in login[2]
+
+
+def test_the_node_script_of_a_slurm_task() -> None:
+    node = containers.Runtime("podman", ("podman",), pull_args=("--tls-verify=false",))
+    task = containers.NodeTask(
+        image="r:5000/x/y:1",
+        job_id=9,
+        home=Path("/srv/jy"),
+        files_dir=Path("/srv/jy/logs/9"),
+        cwd=Path("/work dir"),
+        env_file=Path("/srv/jy/logs/9/container.env"),
+        argv=("/bin/sh", "-c", "echo hi"),
+        grace=2.5,
+    )
+    script = containers.node_script(node, task, pull_timeout=30)
+    assert "podman image exists r:5000/x/y:1" in script
+    assert "podman pull --tls-verify=false r:5000/x/y:1" in script and "exit 125" in script
+    assert "timeout --foreground -k 10 30 " in script
+    assert '_jobyard_c=jobyard-"$JOBYARD_TASK_NAME"-' in script  # each rank its own name
+    assert "--label jobyard.job-id=9" in script and "--label jobyard.home=/srv/jy" in script
+    assert "--env-file /srv/jy/logs/9/container.env --env JOBYARD_JOB_ID" in script
+    assert "--env RANK" in script and "--env MASTER_ADDR" in script
+    assert "--mount 'type=bind,source=/work dir,destination=/work dir'" in script
+    assert "podman stop -t 3" in script  # on the TERM of a stop: the grace, then KILL
+    assert "nvidia.com/gpu=$_jobyard_d" in script and "SLURM_STEP_GPUS" in script
+    assert script.rstrip().endswith('exit "$_jobyard_rc"')
+    docker = containers.node_script(containers.Runtime("docker", ("docker",)), task, pull_timeout=3)
+    assert "docker image inspect" in docker and "passthrough" not in docker

@@ -407,6 +407,120 @@ def _words(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(word) for word in argv)
 
 
+# ---- on a node of a cluster (Slurm) ----------------------------------------------------------
+# There the task's script does itself what the local executor does from this server: it checks
+# for the image and pulls it (the same state and output files beside the log, on the shared
+# filesystem), runs the container in the background, and on the TERM of a stop (scancel) runs
+# `stop -t <grace>`, so the container never outlives its Slurm job. Each task's own names (its
+# rank's task name, so its container, labels and files) come from JOBYARD_TASK_NAME, and the
+# GPUs Slurm gave the step (SLURM_STEP_GPUS, else SLURM_JOB_GPUS) become CDI devices.
+
+# What a task's container gets from the node's environment (`--env NAME`): what Slurm and the
+# supervisor set per task. The rest of its variables are in the env file.
+NODE_VARIABLES = (
+    "JOBYARD_JOB_ID",
+    "JOBYARD_DISPLAY_ID",
+    "JOBYARD_TASK_NAME",
+    "JOBYARD_TASK_INDEX",
+    "CUDA_VISIBLE_DEVICES",
+    *(
+        f"{prefix}{name}"
+        for prefix in ("", "JOBYARD_")
+        for name in (
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "WORLD_SIZE",
+            "RANK",
+            "NODE_RANK",
+            "LOCAL_RANK",
+            "NNODES",
+            "NPROC_PER_NODE",
+        )
+    ),
+)
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """A job's tasks in containers on a cluster's nodes: what every task's script shares."""
+
+    image: str
+    job_id: int
+    home: Path
+    files_dir: Path  # where each task's log, exit and pull files are: <dir>/<task name>.*
+    cwd: Path
+    env_file: Path
+    argv: tuple[str, ...]
+    grace: float
+
+
+def node_script(runtime: Runtime, task: NodeTask, *, pull_timeout: float) -> str:
+    """The script each task of `task` runs on its node, under the Slurm supervisor."""
+    r = _words(runtime.command())
+    image, files = shlex.quote(task.image), shlex.quote(str(task.files_dir))
+    cwd = str(task.cwd)
+    if "," in cwd or "\n" in cwd:
+        raise StartFailed(f"a container cannot mount the working directory {cwd!r} (a comma)")
+    exists = "image exists" if runtime.name == "podman" else "image inspect"
+    limit = f"timeout --foreground -k 10 {math.ceil(pull_timeout)} "
+    pull = _words(runtime.command("pull", *runtime.pull_args, task.image))
+    marks = [
+        f"--label {LABEL_JOB}={task.job_id}",
+        f'--label {LABEL_TASK}="$JOBYARD_TASK_NAME"',
+        f"--label {shlex.quote(f'{LABEL_HOME}={task.home}')}",
+    ]
+    own = "--replace --log-driver passthrough " if runtime.name == "podman" else ""
+    mount = shlex.quote(f"type=bind,source={cwd},destination={cwd}")
+    env = " ".join(f"--env {name}" for name in NODE_VARIABLES)
+    tail = _words([*runtime.run_args, task.image, *task.argv])
+    lines = [
+        f'_jobyard_s={files}/"$JOBYARD_TASK_NAME".pull-state',
+        f'_jobyard_o={files}/"$JOBYARD_TASK_NAME".pull',
+        f'_jobyard_l={files}/"$JOBYARD_TASK_NAME".log',
+        f'_jobyard_c=jobyard-"$JOBYARD_TASK_NAME"-{home_tag(task.home)}',
+        f"if ! {r} {exists} {image} >/dev/null 2>&1; then",
+        "  printf 'pulling\\n' >\"$_jobyard_s\"",
+        "  command -v timeout >/dev/null || _jobyard_t=; "
+        f'{{ ${{_jobyard_t-{limit}}}{pull} >"$_jobyard_o" 2>&1 </dev/null || {{ '
+        'printf \'jobyard: the pull exited with code %s\\n\' "$?" >>"$_jobyard_o"; '
+        f"printf 'failed\\n' >\"$_jobyard_s\"; exit {PULL_FAILED_CODE}; }}; }}",
+        '  rm -f "$_jobyard_s" "$_jobyard_o"',
+        "fi",
+    ]
+    if runtime.name == "docker":
+        lines.append(f'{r} rm -f "$_jobyard_c" >/dev/null 2>&1')
+    lines += [
+        "set --; _jobyard_n=0; _jobyard_g=",
+        '_jobyard_d="${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-}}"',
+        "for _jobyard_d in $(printf '%s' \"$_jobyard_d\" | tr , ' '); do",
+        '  set -- "$@" --device "nvidia.com/gpu=$_jobyard_d"',
+        '  _jobyard_g="${_jobyard_g:+$_jobyard_g,}$_jobyard_n"; _jobyard_n=$((_jobyard_n + 1))',
+        "done",
+        'export CUDA_VISIBLE_DEVICES="$_jobyard_g"',
+        f"trap '{r} stop -t {math.ceil(max(task.grace, 0))} \"$_jobyard_c\" >/dev/null 2>&1' "
+        "TERM INT HUP",
+        # the TERM of a stop reaches `run` too, which passes it on (--sig-proxy) and lives on
+        f'{r} run --rm --name "$_jobyard_c" --init --network host --pull never '
+        f"{' '.join(marks)} {own}--env-file {shlex.quote(str(task.env_file))} {env} "
+        f'--mount {mount} --workdir {shlex.quote(cwd)} "$@" {tail} &',
+        "_jobyard_r=$!",  # a trap interrupts `wait`: again until `run` has ended, then its code
+        'while kill -0 "$_jobyard_r" 2>/dev/null; do wait "$_jobyard_r"; done',
+        'wait "$_jobyard_r"; _jobyard_rc=$?',
+    ]
+    if runtime.name == "podman":  # as launch_script: catatonit's "failed to exec pid1"
+        said = 'tail -c 1024 "$_jobyard_l" 2>/dev/null | grep -q'
+        lines += [
+            f"if [ \"$_jobyard_rc\" = 1 ] && {said} 'catatonit.*failed to exec pid1'; then",
+            f"  if {said} 'failed to exec pid1: Permission denied'; then _jobyard_rc=126",
+            "  else _jobyard_rc=127; fi",
+            "  printf 'jobyard: cannot run %s in the image (not found, or not executable)\\n' "
+            f"{shlex.quote(task.argv[0])} >&2",
+            "fi",
+        ]
+    lines.append('exit "$_jobyard_rc"')
+    return "\n".join(lines) + "\n"
+
+
 # ---- a task's handle --------------------------------------------------------------------------
 # A container task's handle is a process task's (the supervisor's pid, its log and exit file)
 # with "container" (its name), "image", "runtime" (the CLI and global arguments it was started

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 
 from jobyard.config import EnvironmentSpec, Settings
 from jobyard.errors import Conflict, ExecutorRefused, ExecutorUnavailable
+from jobyard.executors import containers
 from jobyard.executors.base import (
     Capacity,
     Executor,
@@ -63,6 +65,7 @@ from jobyard.model import JobSpec, Placement, TaskState
 log = logging.getLogger(__name__)
 
 _CHECK_TTL = 60.0  # seconds a --test-only verdict for one resource shape is reused
+_ENV_FILE = "container.env"  # beside the logs: a container job's variables, for its tasks
 _CAPACITY_TTL = 60.0
 _CANCEL_ATTEMPTS = 5  # scancel tries before a stop gives up (with a warning)
 _SIGNALLED = {"CANCELLED": 128 + 15, "TIMEOUT": 128 + 15, "OUT_OF_MEMORY": 128 + 9}
@@ -144,7 +147,7 @@ class SlurmExecutor(Executor):
         resource shape a minute: a miss costs one sbatch run (about 10 ms) in the caller."""
         if not isinstance(placement_spec, JobSpec):
             return
-        self._environment_of(placement_spec)
+        self._check_image(placement_spec)
         if not self._slurm.check_submissions:
             return
         shape = tuple(self._resources(placement_spec))
@@ -189,10 +192,25 @@ class SlurmExecutor(Executor):
     def _environment_of(self, spec: JobSpec) -> EnvironmentSpec | None:
         return catalog_entry(self._settings, spec, kind="slurm")
 
+    def _check_image(self, spec: JobSpec) -> None:
+        """A container image needs a runtime (on the nodes: this server's tells which, and
+        its arguments); anything else, an environment of the catalog."""
+        image = containers.container_image(self._settings, spec)
+        if image is None:
+            self._environment_of(spec)
+            return
+        containers.require_runtime(self._settings, self.kind, image)
+        containers.check_env(spec.env)
+
+    def _node_runtime(self, image: str) -> containers.Runtime:
+        """The runtime as the nodes run it: by name on their PATH, with the configured args."""
+        found = containers.require_runtime(self._settings, self.kind, image)
+        return dataclasses.replace(found, argv=(found.name, *found.argv[1:]))
+
     # ---- start --------------------------------------------------------------------------------
 
     async def start(self, placement: Placement) -> list[StartedTask]:
-        self._environment_of(placement.spec)
+        self._check_image(placement.spec)
         try:
             files, cwd = self._prepare(placement)
         except OSError as exc:
@@ -223,10 +241,20 @@ class SlurmExecutor(Executor):
                     "node_file": f"{path}.node",
                     "batch_log": f"{str(files[0])[:-1]}batch.log" if len(files) > 1 else None,
                     "cwd": str(cwd),
+                    **self._container_fields(placement, task.name, path),
                 },
             )
             for task, path in zip(placement.tasks, files, strict=True)
         ]
+
+    def _container_fields(self, placement: Placement, task: str, path: Path) -> dict[str, Any]:
+        image = containers.container_image(self._settings, placement.spec)
+        if image is None:
+            return {}
+        runtime = self._node_runtime(image)
+        home = self._logs_dir.parent
+        fields = containers.handle_fields(runtime, image, placement.job_id, task, home, path)
+        return {**fields, "env_file": str(path.parent / _ENV_FILE)}  # one for all its tasks
 
     def _task_files(self, placement: Placement) -> list[Path]:
         """Each task's path prefix (<logs>/<job id>/<task name>): .log, .exit, .node."""
@@ -243,7 +271,7 @@ class SlurmExecutor(Executor):
         submission = build_submission(
             name=name,
             spec=placement.spec,
-            argv=placement.spec.argv(),
+            argv=self._argv(placement, files, cwd),
             env=self._job_env(placement),
             cwd=cwd,
             task_files=files,
@@ -272,7 +300,9 @@ class SlurmExecutor(Executor):
         """(Slurm id: `<array id>_<index>`, or the job's own id if it went alone; job name)."""
         member = ArrayMember(
             launch=single_launch(
-                argv=placement.spec.argv(), env=self._job_env(placement), task_file=task_file
+                argv=self._argv(placement, [task_file], cwd),
+                env=self._job_env(placement),
+                task_file=task_file,
             ),
             cwd=cwd,
             log=Path(f"{task_file}.log"),
@@ -358,13 +388,43 @@ class SlurmExecutor(Executor):
 
     def _job_env(self, placement: Placement) -> dict[str, str]:
         """What the job's tasks get on top of the environment sbatch exports (the server's,
-        without JOBYARD_* and Slurm options): catalog, spec env, JOBYARD_*."""
+        without JOBYARD_* and Slurm options): catalog, spec env, JOBYARD_*. For a container,
+        the runtime on the node gets only jobyard's ids (the rest is in the env file)."""
+        if containers.container_image(self._settings, placement.spec) is not None:
+            env = task_environment(placement, placement.tasks[0], None, "")
+            return {k: v for k, v in env.items() if k in containers.NODE_VARIABLES}
         entry = self._environment_of(placement.spec)
         path = self._tools.env.get("PATH", os.defpath)
         env = task_environment(placement, placement.tasks[0], entry, path)
         if placement.spec.resources.gpus == 0:
             env["CUDA_VISIBLE_DEVICES"] = ""  # no GPUs asked for: see none
         return env
+
+    def _argv(self, placement: Placement, files: list[Path], cwd: Path) -> list[str]:
+        """What each task runs under its supervisor: the spec's argv, or for a container the
+        node's script that pulls the image and runs it (its env file written here first)."""
+        image = containers.container_image(self._settings, placement.spec)
+        if image is None:
+            return placement.spec.argv()
+        task = containers.NodeTask(
+            image=image,
+            job_id=placement.job_id,
+            home=self._logs_dir.parent,
+            files_dir=files[0].parent,
+            cwd=cwd,
+            env_file=files[0].parent / _ENV_FILE,
+            argv=tuple(placement.spec.argv()),
+            grace=self._settings.stop_grace_seconds,
+        )
+        entry = self._settings.find_environment(placement.spec.image or image)
+        env = dict(entry.env) if entry is not None and entry.image else {}
+        env.update(task_environment(placement, placement.tasks[0], None, ""))
+        for name in containers.NODE_VARIABLES:  # each task's own, from its node
+            env.pop(name, None)
+        containers.write_env_file(task.env_file, env)
+        timeout = self._settings.container_pull_timeout_seconds
+        script = containers.node_script(self._node_runtime(image), task, pull_timeout=timeout)
+        return ["/bin/sh", "-c", script, "jobyard-container"]
 
     # ---- finding what a crash left ------------------------------------------------------------
 
@@ -448,7 +508,14 @@ class SlurmExecutor(Executor):
             unsettled = {str(h.get("slurm_job_id")) for h in handles if not _has_exit(h)}
             await self._settle([i for i in ids if i in unsettled and self._is_ended(i)])
         await self._refresh_capacity()
-        return [self._report(h) for h in handles]
+        return [self._container_report(h) for h in handles]
+
+    def _container_report(self, handle: Handle) -> TaskReport:
+        """As Slurm and the task's files say; for a container, as its pull says too."""
+        report = self._report(handle)
+        if not containers.in_container(handle):
+            return report
+        return containers.task_report(handle, report, self._settings.container_pull_timeout_seconds)
 
     async def _query(self, ids: list[str]) -> None:
         """One squeue for every live job; skipped when the last one is fresh and saw them all."""
@@ -598,7 +665,7 @@ class SlurmExecutor(Executor):
         """`srun --jobid <id> --overlap --pty` on the task's node, in its cwd and environment:
         an interactive shell, or the shell running the command line `command`."""
         slurm_id = str(handle.get("slurm_job_id", ""))
-        report = self._report(handle)
+        report = self._container_report(handle)
         if report.state is not TaskState.RUNNING:
             raise Conflict(f"the task is not running in Slurm ({report.state.value})", field="task")
         seen = self._seen.get(slurm_id)
@@ -625,6 +692,9 @@ class SlurmExecutor(Executor):
         env["SHELL"] = shell
         here = cwd if os.path.isdir(cwd) else "/"
         tail = [shell, "-c", command] if command is not None else [shell, "-i"]
+        runtime = containers.runtime_in(handle)
+        if runtime is not None:  # inside the task's container, on its node
+            tail = containers.exec_command(runtime, handle["container"], cwd, command)
         return ShellCommand(argv=[*argv, *tail], env=env, cwd=here)
 
     def release(self, handle: Handle, *, remove_files: bool) -> None:
@@ -633,7 +703,8 @@ class SlurmExecutor(Executor):
             cache.pop(slurm_id, None)
         self._stopped.discard(slurm_id)
         if remove_files:
-            for key in ("log", "exit", "node_file", "batch_log"):
+            keys = ("log", "exit", "node_file", "batch_log", "env_file", "pull_state", "pull_log")
+            for key in keys:
                 with contextlib.suppress(OSError, KeyError, TypeError):
                     os.unlink(handle[key])
             with contextlib.suppress(OSError, KeyError):
