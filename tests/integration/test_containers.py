@@ -140,7 +140,7 @@ def test_a_job_pulls_its_image_shows_pulling_then_runs_inside_it(
         log = http.get(f"/api/v1/jobs/{job['id']}/logs").text
         assert log == f"inside\nbar baz\n{tmp_path}\n"
         said = [e["message"] for e in events_of(http, job["id"]) if e["reason"] == "Pending"]
-        assert f"{PendingReason.PULLING.value}: pulling image {image}" in said
+        assert said == [f"{PendingReason.PULLING.value}: pulling image {image}"]
     assert podman("image", "exists", image, check=False) == ""  # pulled, and kept
     images.forget(image)
 

@@ -43,8 +43,11 @@ class StartedTask:
     handle: Handle
     # Handed to a scheduler of the executor's own (Slurm) that has not started it yet: the job
     # stays STARTING, with poll()'s PENDING message as its pending reason, until a report
-    # says the task runs (or ended).
+    # says the task runs (or ended). Why it waits until the first poll says: EXECUTOR (its own
+    # queue) unless `pending_reason` says otherwise (PULLING: its image is being pulled).
     waiting: bool = False
+    pending_reason: PendingReason | None = None
+    pending_message: str = ""
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def apply(conn: Connection, changes: Changes, now: float) -> None:
             for t in s.tasks
         ],
     )
-    handed = [(s.job_id, PendingReason.EXECUTOR, _HANDED_OVER) for s in changes.waiting]
+    handed = [(s.job_id, *_waiting_for(s.tasks[0])) for s in changes.waiting]
     sq.set_pending(conn, handed, now, events={s.job_id for s in changes.waiting})
     failed = [
         (
@@ -155,6 +155,11 @@ def apply(conn: Connection, changes: Changes, now: float) -> None:
         (s.job_id, q.Transition(JobState.RUNNING, _started_message(s))) for s in changes.running
     ]
     q.transition_many(conn, [*failed, *running], now)
+
+
+def _waiting_for(task: StartedTask) -> tuple[PendingReason, str]:
+    """Why a task handed over waits, until a poll says (the executor's own queue by default)."""
+    return task.pending_reason or PendingReason.EXECUTOR, task.pending_message or _HANDED_OVER
 
 
 def _start_update(task: StartedTask, now: float) -> q.TaskUpdate:

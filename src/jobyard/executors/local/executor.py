@@ -24,6 +24,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,7 +47,7 @@ from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.local import processes
 from jobyard.executors.local.gpus import discover_gpus
 from jobyard.executors.spawn import descendants, exit_code, signal_group, spawn_session
-from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model import JobSpec, PendingReason, Placement, TaskState
 from jobyard.model.job import TaskPlacement
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,13 @@ class LocalExecutor(Executor):
             _check_program(argv[0], env.get("PATH", os.defpath), cwd)
         pid = self._spawn(argv, env, cwd, log_path, exit_path)
         handle.update(pid=pid, start_ticks=(_proc_stat(pid) or ("", 0))[1])
-        node = self._node
-        return StartedTask(index=task.index, pid=pid, node=node, handle=handle, waiting=pulling)
+        started = StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
+        if not pulling:
+            return started
+        said = f"pulling image {handle['image']}"
+        return replace(
+            started, waiting=True, pending_reason=PendingReason.PULLING, pending_message=said
+        )
 
     def _in_container(
         self,
