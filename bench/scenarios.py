@@ -20,6 +20,7 @@ import psutil
 
 from bench import fill, load
 from bench.client import Connection, Target
+from bench.containers import containers
 from bench.dashboard import dashboard
 from bench.gateway import gateway
 from bench.ray import ray
@@ -383,6 +384,7 @@ SCENARIOS: dict[str, Callable[[Options], list[Result]]] = {
     "ray": ray,
     "ray-executor": ray_executor,
     "slurm": slurm,
+    "containers": containers,
     "scheduler": scheduler,
     "dashboard": dashboard,
     "usage": usage,
