@@ -118,27 +118,27 @@ async def webterminal(websocket: WebSocket) -> None:
             "WebTerminal",
             f"{grant.user.name} opened a terminal into {grant.task}",
         )
-        await run_terminal(websocket, shell, _job_watcher(jobs, grant))
+        await run_terminal(websocket, shell, _job_watcher(jobs, grant, job.id))
     finally:
         await shell.end()
     log.info("web terminal into %s (job %s) closed", grant.task, job.display_id)
 
 
-def _job_watcher(
-    jobs: JobService, grant: Grant, interval: float = 0.5
-) -> Callable[[], asyncio.Future[str]]:
-    """A coroutine factory that returns once the task stops running (with why)."""
+def _job_watcher(jobs: JobService, grant: Grant, job_id: int) -> Callable[[], asyncio.Future[str]]:
+    """A coroutine factory that returns once the task stops running (with why): the job is
+    read again when a change to it is published (or after the feed's recheck)."""
 
     async def watch() -> str:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                job = await jobs.get(grant.user, grant.job)
-            except JobyardError:
-                return "the job is gone"
-            task = next((t for t in job.tasks if t.name == grant.task), None)
-            if job.state is not JobState.RUNNING or task is None or task.state.is_finished():
-                return f"the job is {job.state.value}"
+        with jobs.watch(job_id) as changed:
+            while True:  # read once the watch is open: no change is missed
+                try:
+                    job = await jobs.get(grant.user, grant.job)
+                except JobyardError:
+                    return "the job is gone"
+                task = next((t for t in job.tasks if t.name == grant.task), None)
+                if job.state is not JobState.RUNNING or task is None or task.state.is_finished():
+                    return f"the job is {job.state.value}"
+                await changed.wait()
 
     def start() -> asyncio.Future[str]:
         return asyncio.ensure_future(watch())

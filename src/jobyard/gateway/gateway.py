@@ -1,8 +1,10 @@
 """The gateway: keeps one listener open per leased port, in the server's own event loop.
 
-Every `gateway_sweep_seconds` it asks AccessService to sweep (lease ports to jobs that became
-live, return those of jobs that ended), then opens the listeners of new leases and closes those
-of returned ones, which ends their sessions."""
+When a job changes (the change feed: it may have become live or ended), at most every
+`gateway_sweep_seconds`, and after the feed's recheck otherwise (another server's changes), it
+asks AccessService to sweep (lease ports to jobs that became live, return those of jobs that
+ended), then opens the listeners of new leases and closes those of returned ones, which ends
+their sessions."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from jobyard.config import Settings
 from jobyard.gateway.http import HttpListener
 from jobyard.gateway.ssh import SshListener, load_host_key
 from jobyard.model.job import PortProtocol
-from jobyard.service.access import AccessService, Lease
+from jobyard.service.access import AccessService, Lease, Watch
 
 log = logging.getLogger("jobyard.gateway")
 
@@ -35,6 +37,7 @@ class Gateway:
         self._open: dict[int, _Listener] = {}
         self._failed: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._watching = contextlib.ExitStack()
         self._host_key = load_host_key(settings.ssh_host_key_path)
         access.host_key = self._host_key.export_public_key("openssh").decode().strip()
 
@@ -47,20 +50,23 @@ class Gateway:
         if not self._access.supported():
             log.info("the executor cannot reach jobs' ports: the gateway is off")
             return
+        changed = self._watching.enter_context(self._access.watch())  # before the first sweep
         await self.tick()
-        self._task = asyncio.create_task(self._run(), name="jobyard-gateway")
+        self._task = asyncio.create_task(self._run(changed), name="jobyard-gateway")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._watching.close()
         for port in list(self._open):
             await self._close(port)
 
-    async def _run(self) -> None:
+    async def _run(self, changed: Watch) -> None:
         while True:
-            await asyncio.sleep(self._settings.gateway_sweep_seconds)
+            await asyncio.sleep(self._settings.gateway_sweep_seconds)  # at most this often
+            await changed.wait()
             try:
                 await self.tick()
             except Exception:  # one bad pass must not end the gateway

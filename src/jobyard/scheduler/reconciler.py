@@ -136,9 +136,12 @@ class Reconciler:
         await self._schedule()
 
     async def _write(self, fn: Callable[[Connection], _T], job_ids: Iterable[int]) -> _T:
-        """One of the pass's transactions; then the view reads back the jobs it touched."""
+        """One of the pass's transactions; then the view reads back the jobs it touched, and
+        the change feed tells whoever follows them (store/feed.py)."""
+        ids = set(job_ids)
         result = await self._db.write(fn)
-        await self._view.reload(job_ids)
+        self._db.feed.publish(ids)
+        await self._view.reload(ids)
         return result
 
     # ---- after a restart -----------------------------------------------------------------------
@@ -273,6 +276,7 @@ class Reconciler:
         changes, events = start.pending_of(result)
         if changes:
             await self._db.write(lambda c: sq.set_pending(c, changes, now, events=events))
+            self._db.feed.publish(job_id for job_id, _, _ in changes)
             self._view.set_pending(changes)
 
     async def _start_all(self, placements: Sequence[Placement]) -> None:
@@ -280,6 +284,7 @@ class Reconciler:
         taken = self._view.take(p.job_id for p in placements)
         claimed_at = self._clock()
         claimed = await self._db.write(partial(start.claim, placements=placements, now=claimed_at))
+        self._db.feed.publish(claimed)
         started = await asyncio.gather(*(self._start(p) for p in placements if p.job_id in claimed))
         now = self._clock()
         attempts = {job_id: candidate.attempt for job_id, candidate in taken.items()}

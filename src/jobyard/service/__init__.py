@@ -4,6 +4,7 @@ from jobyard.executors.base import Shell, ShellCommand, TerminalSize
 from jobyard.service.auth import AuthService, User
 from jobyard.service.jobs import JobQuery, JobRequest, JobService, Submitted
 from jobyard.service.logs import LogQuery, LogService
+from jobyard.store.feed import Watch
 
 __all__ = [
     "AuthService",
@@ -17,4 +18,5 @@ __all__ = [
     "Submitted",
     "TerminalSize",
     "User",
+    "Watch",
 ]

@@ -1,8 +1,8 @@
 """Interactive access to running jobs: gateway port leases, URLs, credentials, public keys.
 
 A job that declares ports holds one gateway port per declared port while it is live; `sweep`
-(run by the gateway every `gateway_sweep_seconds`) leases ports for jobs that became live and
-returns those of jobs that ended. See docs/access.md."""
+(run by the gateway when jobs change, at most every `gateway_sweep_seconds`) leases ports for
+jobs that became live and returns those of jobs that ended. See docs/access.md."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,6 +29,7 @@ from jobyard.service.auth import User
 from jobyard.service.jobs import JobService
 from jobyard.store import gateway as g, secrets as store_secrets
 from jobyard.store.db import Database
+from jobyard.store.feed import Watch
 
 log = logging.getLogger("jobyard.access")
 
@@ -112,6 +114,11 @@ class AccessService:
 
     def supported(self) -> bool:
         return self._jobs.supports("ports")
+
+    def watch(self) -> AbstractContextManager[Watch]:
+        """Be told of committed job changes: a job may have become live or ended (the gateway
+        sweeps then, rather than on a timer)."""
+        return self._jobs.watch()
 
     async def sweep(self) -> list[Lease]:
         """Return the leases of ended jobs, lease ports to live jobs without them, and give
@@ -326,4 +333,5 @@ __all__ = [
     "Shell",
     "ShellCommand",
     "TerminalSize",
+    "Watch",
 ]

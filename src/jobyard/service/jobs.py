@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ from jobyard.store import (
     users as store_users,
 )
 from jobyard.store.db import Database
+from jobyard.store.feed import Watch
 
 _T = TypeVar("_T")
 
@@ -349,7 +351,7 @@ class JobService:
         secrets = _new_secrets(request.spec)
         outcome = await self._write_once(new, secrets)
         if isinstance(outcome, Job):
-            self._wake(None)
+            self._changed(outcome.id, new=True)
             self._on_submitted()
             return Submitted(outcome, created=True)
         return Submitted(await self._load(outcome), created=False)
@@ -583,13 +585,26 @@ class JobService:
         )
         return job, placement, task, task.handle
 
+    # ---- changes ------------------------------------------------------------------------------
+
+    def _changed(self, job_id: int, *, new: bool = False) -> None:
+        """A change to a job is committed: the reconciler (a new job: its queue) and whoever
+        follows the job are told."""
+        self._db.feed.publish([job_id])
+        self._wake(None if new else job_id)
+
+    def watch(self, job_id: int | None = None) -> AbstractContextManager[Watch]:
+        """Be told of every committed change to a job (None: to any job), from before the
+        next read (store/feed.py): a reader waits on it rather than reading on a timer."""
+        return self._db.feed.watch(job_id)
+
     # ---- stop and delete ----------------------------------------------------------------------
 
     async def stop(self, user: User, ref: str) -> Job:
         """Record the intent; the reconciler signals the processes. Idempotent while stopping."""
         job_id = await self._resolve(user, ref)
         await self._db.write(lambda c: self._stop(c, job_id))
-        self._wake(job_id)
+        self._changed(job_id)
         return await self._load(job_id)
 
     def _stop(self, conn: Connection, job_id: int) -> None:
@@ -623,7 +638,7 @@ class JobService:
         if the job is not RUNNING any more."""
         stopping = await self._db.write(lambda c: self._stop_for(c, job_id, reason, message))
         if stopping:
-            self._wake(job_id)
+            self._changed(job_id)
         return stopping
 
     def _stop_for(
@@ -649,7 +664,7 @@ class JobService:
                     await self._executor.stop(task.handle, grace=0)
                 self._executor.release(task.handle, remove_files=True)
         await self._db.write(lambda c: q.delete_job(c, job.id))
-        self._wake(job.id)
+        self._changed(job.id)
         # The directory jobyard made for the job (its working directory unless the spec named
         # one): deleted with it, as Kubernetes deletes a pod's emptyDir. A symlink is left.
         await asyncio.to_thread(shutil.rmtree, self._settings.jobs_dir / str(job.id), True)

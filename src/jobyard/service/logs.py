@@ -1,8 +1,9 @@
-"""Task logs: read by byte offset, the last N lines, or follow until the task ends."""
+"""Task logs: read by byte offset, the last N lines, or follow until the task ends (the job
+read again only when the change feed says it changed)."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -69,22 +70,28 @@ class LogService:
     async def _follow(
         self, user: User, ref: str, query: LogQuery, job: Job
     ) -> AsyncIterator[bytes]:
+        """The file is read again every `follow_poll` seconds; the job only when a change to
+        it is published (store/feed.py), or after the feed's recheck (another server's)."""
         task = find_task(job, query.task)
         offset = None
-        while True:
-            if task.handle is not None:
-                if offset is None:
-                    offset = self._start_offset(task, query)
-                chunk = self._executor.read_log(task.handle, offset, _CHUNK)
-                if chunk:
-                    offset += len(chunk)
-                    yield chunk
-                    continue
-            if task.state.is_finished() or job.state.is_terminal():
-                return
-            await asyncio.sleep(self._follow_poll)
-            job = await self._jobs.get(user, ref)
-            task = find_task(job, query.task)
+        with self._jobs.watch(job.id) as changed:
+            read_at = time.monotonic()
+            while True:
+                if task.handle is not None:
+                    if offset is None:
+                        offset = self._start_offset(task, query)
+                    chunk = self._executor.read_log(task.handle, offset, _CHUNK)
+                    if chunk:
+                        offset += len(chunk)
+                        yield chunk
+                        continue
+                if task.state.is_finished() or job.state.is_terminal():
+                    return
+                told = await changed.wait(self._follow_poll)
+                if told or time.monotonic() - read_at >= changed.recheck_seconds:
+                    read_at = time.monotonic()
+                    job = await self._jobs.get(user, ref)
+                    task = find_task(job, query.task)
 
     def _start_offset(self, task: Task, query: LogQuery) -> int:
         if query.tail is not None:

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from jobyard.errors import ExecutorUnavailable
+from jobyard.store.feed import ALONE_RECHECK_SECONDS, RECHECK_SECONDS, JobFeed
 
 T = TypeVar("T")
 _MAX_BATCH = 256
@@ -93,6 +94,9 @@ class Database:
         self.url = url
         self._on_commit = on_commit or (lambda _seconds: None)  # a batch's transaction, timed
         self.is_sqlite = _is_sqlite(url)
+        # committed job changes, published by the writers (feed.py); on SQLite this server is
+        # the database's only one, so every change is published here
+        self.feed = JobFeed(ALONE_RECHECK_SECONDS if self.is_sqlite else RECHECK_SECONDS)
         self._writer, self._reader = make_engines(url)
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, "jobyard-db-read")
         self._queue: queue.Queue[_Op | None] = queue.Queue()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,8 +193,9 @@ async def list_jobs(request: Request, user: SessionUser, filters: FiltersDep) ->
 
 @api.get("/jobs/events")
 async def job_table_events(request: Request, user: SessionUser, filters: FiltersDep) -> Response:
-    """The same table as server-sent events: one `data:` line whenever it changes (checked
-    every second), a comment every 15 s otherwise; ends when the client goes away."""
+    """The same table as server-sent events: one `data:` line whenever it changes (read again
+    when a job changes, at most once a second), a comment every 15 s otherwise; ends when the
+    client goes away."""
     _states(filters.state)  # a bad filter is a 422 now, not a broken stream
     stream = _table_events(request, _jobs(request), user, filters)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -203,18 +205,21 @@ async def job_table_events(request: Request, user: SessionUser, filters: Filters
 async def _table_events(
     request: Request, jobs: JobService, user: User, filters: _Filters
 ) -> AsyncIterator[str]:
-    last, quiet = "", 0.0
+    """The table is read again when a job changed (the change feed), at most once a second
+    however busy the server, and after the feed's recheck (another server's changes)."""
+    last, sent = "", time.monotonic()
     yield "retry: 2000\n\n"
-    while not await request.is_disconnected():
-        body = json.dumps(await _table(jobs, user, filters), separators=(",", ":"))
-        if body != last:
-            last, quiet = body, 0.0
-            yield f"data: {body}\n\n"
-        elif quiet >= _KEEPALIVE_SECONDS:
-            quiet = 0.0
-            yield ": keepalive\n\n"
-        await asyncio.sleep(_TABLE_POLL_SECONDS)
-        quiet += _TABLE_POLL_SECONDS
+    with jobs.watch() as changed:
+        while not await request.is_disconnected():
+            body = json.dumps(await _table(jobs, user, filters), separators=(",", ":"))
+            if body != last:
+                last, sent = body, time.monotonic()
+                yield f"data: {body}\n\n"
+            await asyncio.sleep(_TABLE_POLL_SECONDS)
+            told = await changed.wait(min(changed.recheck_seconds, _KEEPALIVE_SECONDS))
+            if not told and time.monotonic() - sent >= _KEEPALIVE_SECONDS:
+                sent = time.monotonic()
+                yield ": keepalive\n\n"
 
 
 @api.get("/jobs/{ref}")
