@@ -257,6 +257,7 @@ async def test_a_start_that_was_never_recorded_is_found_and_a_retry_is_new(
     (first,) = await executor.start(p)
     (again,) = await executor.start(p)  # started again while Ray runs it: taken over
     assert again.handle["submission_id"] == first.handle["submission_id"]
+    executor.release(first.handle, remove_files=False)  # as if this server had crashed
     restarted = RayExecutor(settings_at(home, ray_head.dashboard))  # its handle never stored
     try:
         [[found]] = await restarted.find_started([InterruptedStart(p, since)])

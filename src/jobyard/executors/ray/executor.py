@@ -333,7 +333,7 @@ class RayExecutor(Executor):
         """Watch a job started here or before a restart (its exit file: it has ended)."""
         self._watched[sid] = handle
         self._changed_at.setdefault(sid, time.monotonic())
-        code = _read_int(handle.get("exit"))
+        code = _exit_code(handle)
         if code is not None:
             self._finals[sid] = TaskReport(TaskState.EXITED, code)
         self._work.set()
@@ -342,7 +342,7 @@ class RayExecutor(Executor):
         sid = str(handle.get("submission_id") or "")
         if sid in self._finals:
             return self._finals[sid]
-        code = _read_int(handle.get("exit"))
+        code = _exit_code(handle)
         if code is not None:
             return TaskReport(TaskState.EXITED, code)
         if not sid:
@@ -493,12 +493,13 @@ class RayExecutor(Executor):
         report = report_of(job, killed=job.status == "STOPPED" and await self._was_killed(job))
         with contextlib.suppress(OSError):
             if report.exit_code is not None:
-                _write_atomically(Path(handle["exit"]), f"{report.exit_code}\n")
+                _write_atomically(Path(handle["exit"]), f"{report.exit_code} {sid}\n")
             else:
                 with open(handle["log"], "ab") as out:
                     out.write(f"jobyard: {report.message}\n".encode())
         self._seen.pop(sid, None)
         self._finals[sid] = report
+        self.wakeup()  # now, not at the end of the round: the reconciler records it at once
 
     async def _was_killed(self, job: RayJob) -> bool:
         try:
@@ -533,7 +534,7 @@ class RayExecutor(Executor):
         sid = str(handle.get("submission_id") or "")
         if not sid or sid in self._stopping or sid in self._stop_asked:
             return
-        if sid in self._finals or _read_int(handle.get("exit")) is not None:
+        if sid in self._finals or _exit_code(handle) is not None:
             return
         self._stop_asked.add(sid)
         if self._backlog.pop(sid, None) is not None:  # it never reached Ray
@@ -618,10 +619,12 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_int(path: Any) -> int | None:
-    if not path:
-        return None
+def _exit_code(handle: Handle) -> int | None:
+    """The code in the task's exit file, if this Ray job wrote it (`<code> <submission id>`):
+    a retried task has the same files, and a late word on its earlier attempt is not this
+    one's."""
     try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
+        code, _, sid = Path(handle["exit"]).read_text().strip().partition(" ")
+        return int(code) if sid == handle.get("submission_id") else None
+    except (OSError, KeyError, TypeError, ValueError):
         return None
