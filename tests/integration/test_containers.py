@@ -296,16 +296,18 @@ def _zombie(pid: int) -> bool:
 
 
 async def test_workers_reach_each_other_on_the_host_network(executor: LocalExecutor) -> None:
+    """Rank 0 serves a page on MASTER_PORT (busybox httpd) until rank 1 has fetched it from
+    MASTER_ADDR; they share the job's directory, where rank 1 says it is done."""
     script = (
-        'if [ "$RANK" = 0 ]; then nc -l -p "$MASTER_PORT"; else '
-        'until echo "hello from $RANK of $WORLD_SIZE" | nc "$MASTER_ADDR" "$MASTER_PORT"; '
-        "do sleep 0.1; done; fi"
+        'if [ "$RANK" = 0 ]; then echo "hello from $RANK of $WORLD_SIZE" > index.html; '
+        'httpd -f -p "$MASTER_PORT" -h . & until [ -e done ]; do sleep 0.1; done; kill $!; '
+        'else until wget -q -O - "http://$MASTER_ADDR:$MASTER_PORT/index.html" 2>/dev/null; '
+        "do sleep 0.1; done; touch done; fi"
     )
     tasks = await executor.start(placement(entrypoint=script, replicas=2))
     for task in tasks:
         assert (await wait_report(executor, task.handle)).exit_code == 0
-    log = executor.read_log(tasks[0].handle, 0, 1000).decode()
-    assert log == "hello from 1 of 2\n", log
+    assert executor.read_log(tasks[1].handle, 0, 1000) == b"hello from 0 of 2\n"
 
 
 async def test_a_mount_lets_a_job_write_its_own_directory_only(
