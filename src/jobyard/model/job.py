@@ -333,6 +333,7 @@ class PendingReason(enum.StrEnum):
     BACKOFF = "BACKOFF"
     EXECUTOR = "EXECUTOR"
     PULLING = "PULLING"  # started, while its container image is pulled
+    EXECUTOR_UNAVAILABLE = "EXECUTOR_UNAVAILABLE"  # started, while its engine does not answer
 
 
 class Job(BaseModel):

@@ -15,7 +15,7 @@ the Ray job, or the Ray head, is gone), writes the exit code beside it when the 
 wakes the reconciler on every change. `poll` answers from what the watcher saw.
 
 When the cluster does not answer, running jobs keep their last known state, and a job started
-meanwhile is kept here, PENDING with an EXECUTOR_UNAVAILABLE message, and submitted once the
+meanwhile is kept here, PENDING with reason EXECUTOR_UNAVAILABLE, and submitted once the
 cluster answers again (its handle holds the whole submission, so a restarted server submits
 it too). The pool's capacity is the cluster's (Ray's State API), refreshed every
 `capacity_refresh_seconds` and saved, so a server that starts while the head is down
@@ -54,14 +54,13 @@ from jobyard.executors.ray.submission import (
     check_spec,
     submission_id,
 )
-from jobyard.model import JobSpec, Placement, TaskState, TerminationReason
+from jobyard.model import JobSpec, PendingReason, Placement, TaskState, TerminationReason
 
 log = logging.getLogger(__name__)
 
 _MANY = 8  # more jobs due than this: one list of every job instead of a get for each
 _MAX_IDS = 100  # ids tried per start (one per earlier attempt of the task)
 _STOP_ATTEMPTS = 5
-_UNAVAILABLE = "EXECUTOR_UNAVAILABLE"
 
 
 class RayExecutor(Executor):
@@ -214,6 +213,16 @@ class RayExecutor(Executor):
         """A task in Ray's hands: STARTING (its PENDING message the pending reason) until Ray
         runs it."""
         self._watch_new(sid, handle)
+        if handle.get("deferred"):  # kept here until the cluster answers
+            return StartedTask(
+                index=0,
+                pid=None,
+                node=self._node,
+                handle=handle,
+                waiting=True,
+                pending_reason=PendingReason.EXECUTOR_UNAVAILABLE,
+                pending_message="Ray does not answer; the job goes to Ray when it does",
+            )
         return StartedTask(index=0, pid=None, node=self._node, handle=handle, waiting=True)
 
     async def find_started(
@@ -351,7 +360,8 @@ class RayExecutor(Executor):
             why = self._unavailable or "it did not answer when the job started"
             return TaskReport(
                 TaskState.PENDING,
-                message=f"{_UNAVAILABLE}: {why}; the job goes to Ray when the cluster answers",
+                message=f"Ray does not answer ({why}); the job goes to Ray when it does",
+                pending_reason=PendingReason.EXECUTOR_UNAVAILABLE,
             )
         job = self._seen.get(sid)
         if job is None:
