@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
         time.sleep(interval)
+
+
+def with_default_signals(argv: list[str]) -> list[str]:
+    """`argv` run with no signal blocked and SIGINT at its default, as from a terminal. A test
+    process can have SIGINT ignored or blocked (a background CI shell, a library's threads), and
+    a child inherits both, so a Ctrl-C the test sends would not reach the CLI under test."""
+    code = (
+        "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); "
+        "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", code, *argv]
 
 
 @dataclass

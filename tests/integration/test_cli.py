@@ -27,7 +27,7 @@ from jobyard.cli import app
 from jobyard.cli.follow import Follower
 from jobyard.client import ApiError, Client, ClientError, JobState, ServerUnreachable
 from jobyard.client.discovery import DEFAULT_URL, discover_url, read_url_file, url_and_origin
-from tests.helpers import LiveServer, wait_for
+from tests.helpers import LiveServer, wait_for, with_default_signals
 from tests.integration.server_process import FAST, ServerProcess
 
 
@@ -548,7 +548,7 @@ def test_list_watch_redraws_until_ctrl_c(
     env.update(COLUMNS="100", TERM="xterm-256color")
     reader, writer = pty.openpty() if terminal else os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobyard", "list", "-w", "--interval", "0.2"],
+        with_default_signals([sys.executable, "-m", "jobyard", "list", "-w", "--interval", "0.2"]),
         stdout=writer,
         stderr=subprocess.PIPE,
         env=env,

@@ -312,7 +312,7 @@ def test_users_created_by_an_admin_see_only_their_jobs(
 
 def test_the_public_surface_is_what_all_lists() -> None:
     exported = {name for name in dir(jobyard.client) if not name.startswith("_")}
-    modules = {"calls", "discovery", "errors", "models", "sdk"}
+    modules = {"calls", "discovery", "errors", "models", "sdk", "usage"}
     assert exported - modules == set(jobyard.client.__all__)
 
 

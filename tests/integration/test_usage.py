@@ -27,7 +27,13 @@ from jobyard.store import usage as store_usage
 from jobyard.store.db import Database, migrate
 from jobyard.store.jobs import delete_job, insert_job
 from tests.factories import new_job
-from tests.helpers import LiveServer, make_settings, running_server, wait_for
+from tests.helpers import (
+    LiveServer,
+    make_settings,
+    running_server,
+    wait_for,
+    with_default_signals,
+)
 from tests.usage_support import GIB, ScriptedGpus
 
 MIB = 2**20
@@ -439,7 +445,9 @@ def test_jobyard_metrics_prints_a_table_json_and_redraws_with_watch(
             "--interval",
             "0.2",
         ]
-        watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        watcher = subprocess.Popen(
+            with_default_signals(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
         try:
             assert watcher.stdout is not None
             seen = b""

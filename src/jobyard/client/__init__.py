@@ -28,6 +28,7 @@ from jobyard.client.models import (
     UserInfo,
 )
 from jobyard.client.sdk import AsyncClient, AsyncLogStream, Client, LogStream
+from jobyard.client.usage import GpuUsage, JobUsage, TaskUsage, UsageSample
 
 __all__ = [
     "DEFAULT_URL",
@@ -38,12 +39,14 @@ __all__ = [
     "ClientError",
     "Entrypoint",
     "Event",
+    "GpuUsage",
     "Health",
     "Job",
     "JobPage",
     "JobRef",
     "JobSpec",
     "JobState",
+    "JobUsage",
     "ListFilters",
     "LogStream",
     "NewToken",
@@ -53,8 +56,10 @@ __all__ = [
     "StateChange",
     "SubmitOptions",
     "Task",
+    "TaskUsage",
     "Token",
     "User",
+    "UsageSample",
     "UserInfo",
     "WaitTimeout",
     "data_home",
