@@ -13,12 +13,12 @@ from typing import Annotated
 import typer
 
 from jobyard.cli import render
+from jobyard.cli.options import JsonOpt
 from jobyard.cli.session import open_client
 
 user_app = typer.Typer(no_args_is_help=True, help="Manage users (admins only).")
 token_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 

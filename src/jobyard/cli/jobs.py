@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import time
 from typing import Annotated
 
 import typer
@@ -12,11 +11,11 @@ from rich.text import Text
 
 from jobyard.cli import render
 from jobyard.cli.follow import Follower
+from jobyard.cli.options import IntervalOpt, JsonOpt, WatchOpt
 from jobyard.cli.session import open_client
 from jobyard.client import Client, Job, JobState, ListFilters, Resources, SubmitOptions
 
 RefArg = Annotated[str, typer.Argument(help="job id, display id or submission id")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 ALL_PAGE_SIZE = 500  # the server's largest page
 
 
@@ -102,13 +101,7 @@ def _frame(client: Client, filters: ListFilters, all_pages: bool, interval: floa
 
 def _watch(client: Client, filters: ListFilters, all_pages: bool, interval: float) -> None:
     """Redraw the listing every `interval` s until Ctrl-C, which ends it with status 130."""
-    try:
-        with render.redrawing() as draw:
-            while True:
-                draw(_frame(client, filters, all_pages, interval))
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    render.watch(lambda: _frame(client, filters, all_pages, interval), interval)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -189,12 +182,8 @@ def list_jobs(
     output: Annotated[
         Output, typer.Option("--output", "-o", help="json: the API's answer, as --json")
     ] = Output.TABLE,
-    watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="redraw every --interval s until Ctrl-C")
-    ] = False,
-    interval: Annotated[
-        float, typer.Option(min=0.1, help="seconds between redraws of --watch")
-    ] = 2.0,
+    watch: WatchOpt = False,
+    interval: IntervalOpt = 2.0,
 ) -> None:
     """List jobs, newest first. TIME is how long each has run, as squeue shows it."""
     filters: ListFilters = {

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import typer
 from rich.console import Console, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -53,6 +55,17 @@ def redrawing() -> Iterator[Callable[[RenderableType], None]]:
         return
     with Live(console=console, auto_refresh=False, redirect_stdout=False) as live:
         yield lambda frame: live.update(frame, refresh=True)
+
+
+def watch(frame: Callable[[], RenderableType], interval: float) -> None:
+    """Draw `frame()` every `interval` s until Ctrl-C, which ends the command with status 130."""
+    try:
+        with redrawing() as draw:
+            while True:
+                draw(frame())
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def show_json(data: Any) -> None:

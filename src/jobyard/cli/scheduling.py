@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from jobyard.cli import render
+from jobyard.cli.options import JsonOpt
 from jobyard.cli.session import open_client
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def pools(ctx: typer.Context, as_json: JsonOpt = False) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobyard.cli import render
+from jobyard.cli.options import IntervalOpt, WatchOpt
 from jobyard.cli.session import open_client
 from jobyard.client import Client
 from jobyard.client.usage import GpuUsage, JobUsage, UsageSample
@@ -93,12 +93,8 @@ def metrics(
         int, typer.Option(min=1, max=100_000, help="the latest N samples of each task")
     ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the API's answer")] = False,
-    watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="redraw every --interval s until Ctrl-C")
-    ] = False,
-    interval: Annotated[
-        float, typer.Option(min=0.1, help="seconds between redraws of --watch")
-    ] = 2.0,
+    watch: WatchOpt = False,
+    interval: IntervalOpt = 2.0,
 ) -> None:
     """A job's CPU (cores), resident memory and GPUs, sampled by the server while it runs and
     kept after it ends; '-' is a figure the server cannot measure (no NVML, say)."""
@@ -111,10 +107,4 @@ def metrics(
     if not watch:
         render.show(usage_table(client.metrics(ref, task=task, last=last)))
         return
-    try:
-        with render.redrawing() as draw:
-            while True:
-                draw(_frame(client, ref, task, last, interval))
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    render.watch(lambda: _frame(client, ref, task, last, interval), interval)
