@@ -371,6 +371,11 @@ async def stop_container(runtime: Runtime, name: str, grace: float) -> bool:
             proc.kill()
         await proc.wait()
         return False
+    except asyncio.CancelledError:  # the executor closes: end the CLI (reaped), not the server
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
 
 
 def exec_command(runtime: Runtime, name: str, cwd: str, command: str | None) -> list[str]:

@@ -225,10 +225,10 @@ class LocalExecutor(Executor):
 
     async def close(self) -> None:
         self._spawner.shutdown(wait=True)
-        for watcher in self._pulls:
-            watcher.cancel()
-        for task in self._stopping.values():
+        pending = [*self._pulls, *self._stopping.values()]
+        for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # each ends what it started
         loop = asyncio.get_running_loop()
         for pidfd in self._children.values():
             if pidfd is not None:
