@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
@@ -14,7 +15,9 @@ import httpx
 import uvicorn
 
 from jobyard.config import QueueSpec, Settings
+from jobyard.executors.base import Executor, Handle, TaskReport
 from jobyard.executors.usage import GpuSource
+from jobyard.model import TaskState
 from jobyard.server import Runtime, build, create_server_app, listen, ray_listener
 
 T = TypeVar("T")
@@ -30,6 +33,27 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
         time.sleep(interval)
+
+
+ENDED = frozenset({TaskState.EXITED, TaskState.LOST})
+
+
+async def wait_report(
+    executor: Executor,
+    handle: Handle,
+    *,
+    until: frozenset[TaskState] | set[TaskState] = ENDED,
+    timeout: float = 30,
+) -> TaskReport:
+    """Poll one task until its state is in `until` (by default: ended); its report."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (report,) = await executor.poll([handle])
+        if report.state in until:
+            return report
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task did not reach {until} in time (last: {report})")
+        await asyncio.sleep(0.05)
 
 
 def with_default_signals(argv: list[str]) -> list[str]:

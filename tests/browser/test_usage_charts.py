@@ -55,14 +55,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, gpus: ScriptedGpus) -> Iter
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = os.environ.get("JOBYARD_SCREENSHOTS")
-    path = Path(where) if where else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
 def page(server: LiveServer) -> Iterator[Any]:
     problems: list[str] = []
     with sync_api.sync_playwright() as pw:

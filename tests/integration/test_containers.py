@@ -29,18 +29,15 @@ from jobyard.config import GpuSpec
 from jobyard.errors import ExecutorRefused
 from jobyard.executors import containers
 from jobyard.executors.base import (
-    Executor,
-    Handle,
     InterruptedStart,
     StartedTask,
     StartFailed,
-    TaskReport,
 )
 from jobyard.executors.local.executor import LocalExecutor
 from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, PendingReason, Placement, TaskState, TerminationReason
 from jobyard.model.job import TaskPlacement
-from tests.helpers import LiveServer, make_settings, running_server, wait_for
+from tests.helpers import LiveServer, make_settings, running_server, wait_for, wait_report
 from tests.integration.container_support import (
     Images,
     container_settings,
@@ -58,7 +55,6 @@ from tests.integration.slurm_support import (
 )
 
 pytestmark = needs_podman
-_ENDED = {TaskState.EXITED, TaskState.LOST}
 _jobs = iter(range(20_000_000 + os.getpid() * 100, 20_000_000 + os.getpid() * 100 + 100))
 
 
@@ -87,18 +83,6 @@ def placement(**spec: Any) -> Placement:
     return Placement(
         job_id=job_id, display_id=f"job{job_id}", owner="alice", spec=job_spec, tasks=tasks
     )
-
-
-async def wait_report(
-    executor: Executor, handle: Handle, until: set[TaskState] = _ENDED, timeout: float = 30
-) -> TaskReport:
-    deadline = time.monotonic() + timeout
-    while True:
-        (report,) = await executor.poll([handle])
-        if report.state in until:
-            return report
-        assert time.monotonic() < deadline, f"not {until} in time (last: {report})"
-        await asyncio.sleep(0.05)
 
 
 async def wait_log(executor: LocalExecutor, task: StartedTask, text: str) -> None:

@@ -39,7 +39,7 @@ from jobyard.executors.registry import load_executor
 from jobyard.executors.slurm.executor import SlurmExecutor
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.job import TaskPlacement
-from tests.helpers import make_settings, wait_for
+from tests.helpers import make_settings, wait_for, wait_report
 from tests.integration.container_support import (
     SKIP_REASON as NO_PODMAN,
     container_settings,
@@ -57,7 +57,6 @@ from tests.integration.ray_support import (
 from tests.integration.slurm_support import SKIP_REASON, holding_the_cluster, slurm_settings
 
 _numbers = itertools.count(1)
-_ENDED = {TaskState.EXITED, TaskState.LOST}
 
 KINDS = [
     pytest.param("local", id="local"),
@@ -151,19 +150,6 @@ def placement(**spec: Any) -> Placement:
     return Placement(
         job_id=job_id, display_id=f"job{job_id}", owner="alice", spec=job_spec, tasks=tasks
     )
-
-
-async def wait_report(
-    executor: Executor, handle: Handle, *, until: set[TaskState] = _ENDED, timeout: float = 30
-) -> TaskReport:
-    deadline = time.monotonic() + timeout
-    while True:
-        (report,) = await executor.poll([handle])
-        if report.state in until:
-            return report
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task did not reach {until} in time (last: {report})")
-        await asyncio.sleep(0.05)
 
 
 async def run_to_end(executor: Executor, **spec: Any) -> tuple[TaskReport, str]:

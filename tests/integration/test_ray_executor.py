@@ -30,14 +30,14 @@ from ray.job_submission import JobSubmissionClient
 
 from jobyard.config import RaySettings, Settings
 from jobyard.errors import ExecutorRefused
-from jobyard.executors.base import Handle, InterruptedStart, TaskReport
+from jobyard.executors.base import Handle, InterruptedStart
 from jobyard.executors.ray.client import RayJob
 from jobyard.executors.ray.executor import RayExecutor
 from jobyard.executors.ray.status import capacity_of, driver_output, report_of
 from jobyard.executors.ray.submission import build_submission, check_spec
 from jobyard.model import JobSpec, Placement, TaskState, TerminationReason
 from jobyard.model.job import TaskPlacement
-from tests.helpers import LiveServer, make_settings, running_server, wait_for
+from tests.helpers import LiveServer, make_settings, running_server, wait_for, wait_report
 from tests.integration.ray_support import (
     Gate,
     RayHead,
@@ -50,7 +50,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning"),
 ]
 _numbers = itertools.count(1)
-_ENDED = {TaskState.EXITED, TaskState.LOST}
 
 
 def placement(**spec: Any) -> Placement:
@@ -177,18 +176,6 @@ async def executor(ray_head: RayHead, home: Path) -> AsyncIterator[RayExecutor]:
     yield ex
     await ex.close()
     stop_jobs_of(ray_head, home)
-
-
-async def wait_report(
-    executor: RayExecutor, handle: Handle, *, until: set[TaskState] = _ENDED, timeout: float = 30
-) -> TaskReport:
-    deadline = time.monotonic() + timeout
-    while True:
-        (report,) = await executor.poll([handle])
-        if report.state in until:
-            return report
-        assert time.monotonic() < deadline, f"not {until} in time (last: {report})"
-        await asyncio.sleep(0.05)
 
 
 async def wait_log(executor: RayExecutor, handle: Handle, text: bytes) -> None:
