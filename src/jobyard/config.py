@@ -110,6 +110,9 @@ class RaySettings(BaseModel):
     log_interval_seconds: Annotated[float, Field(gt=0)] = 1.0  # a running driver's log copy
     capacity_refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
     max_concurrent_requests: Annotated[int, Field(ge=1, le=64)] = 4
+    # Whether the cluster may grow (an autoscaler): a job asking for more CPUs, memory or
+    # GPUs than it has now waits for them, as on Ray; False: such a job is refused at submit.
+    pool_can_grow: bool = True
 
 
 class ContainerRuntimeArgs(BaseModel):

@@ -164,6 +164,9 @@ def test_capacity_is_the_live_nodes_total() -> None:
     ]
     capacity = capacity_of(nodes, node="ray:x", max_tasks=9)
     assert (capacity.cpus, capacity.memory_mib, capacity.max_tasks) == (12.0, 4096, 9)
+    assert (
+        not capacity.can_grow and capacity_of(nodes, node="x", max_tasks=9, can_grow=True).can_grow
+    )
     assert [(g.index, g.model) for g in capacity.gpus] == [(0, "A100"), (1, "A100")]
 
 
@@ -191,13 +194,17 @@ async def test_capacity_is_the_clusters_and_outlives_a_head_that_is_down(
     executor: RayExecutor, ray_head: RayHead, home: Path
 ) -> None:
     capacity = executor.capacity()
-    assert (capacity.cpus, capacity.gpus) == (float(ray_head.cpus), [])
+    assert (capacity.cpus, capacity.gpus, capacity.can_grow) == (float(ray_head.cpus), [], True)
     assert capacity.memory_mib > 0
     down = RayExecutor(settings_at(home, "http://127.0.0.1:9"))  # nothing listens there
+    fixed = RaySettings(address="http://127.0.0.1:9", pool_can_grow=False)
+    fixed_down = RayExecutor(make_settings(home, executor="ray", ray=fixed))
     try:
         assert down.capacity() == capacity  # the last one read, saved in the data directory
+        assert fixed_down.capacity() == capacity.model_copy(update={"can_grow": False})
     finally:
         await down.close()
+        await fixed_down.close()
 
 
 async def test_logs_are_followed_and_kept_after_ray_forgets_the_job(
@@ -354,23 +361,43 @@ def test_a_drivers_ray_init_joins_the_cluster_and_its_tasks_run_there(
 
 
 def test_the_queue_waits_for_the_clusters_cpus(server: LiveServer) -> None:
-    """The pool's capacity is the cluster's 2 CPUs: the scheduler holds the second job."""
+    """The pool's capacity is the cluster's 2 CPUs: the scheduler holds the second job. A
+    cluster can grow (an autoscaler), so asks beyond its CPUs or GPUs wait too, on every face
+    in Ray's words, without holding back the jobs that fit."""
+    ray_face = JobSubmissionClient(
+        server.ray_url, headers={"Authorization": f"Bearer {server.token}"}
+    )
     with server.client() as api:
         first = submit(api, entrypoint="sleep 2", resources={"cpus": 2})
+        beyond = submit(api, entrypoint="echo three", resources={"cpus": 3})
+        on_ray = ray_face.submit_job(entrypoint="echo gpus", entrypoint_num_gpus=2)
         second = submit(api, entrypoint="echo second", resources={"cpus": 2})
 
-        def waiting() -> dict[str, Any] | None:
-            seen: dict[str, Any] = api.get(f"/api/v1/jobs/{second['id']}").json()
+        def waiting(ref: str) -> dict[str, Any] | None:
+            seen: dict[str, Any] = api.get(f"/api/v1/jobs/{ref}").json()
             return seen if seen["pending_reason"] else None
 
-        queued = wait_for(waiting, 10)
+        queued = wait_for(lambda: waiting(second["id"]), 10)
         assert (queued["state"], queued["pending_reason"]) == ("QUEUED", "WAITING_FOR_CAPACITY")
-        refused = api.post("/api/v1/jobs", json={"entrypoint": "true", "resources": {"cpus": 3}})
-        assert refused.status_code == 422, refused.text
-        assert "needs 3 CPUs, the pool has 2" in refused.text
+        assert queued["pending_message"] == "needs 2 CPUs (0 free)"
+        for ref, need in ((beyond["id"], "needs 3 CPUs"), (on_ray, "needs 2 GPUs (0 free)")):
+            big = wait_for(lambda ref=ref: waiting(ref), 10)
+            assert (big["state"], big["pending_reason"]) == ("QUEUED", "WAITING_FOR_CAPACITY")
+            assert big["pending_message"].startswith(need), big
+            assert "may be waiting for resources (CPUs, GPUs, memory" in big["pending_message"]
+        info = ray_face.get_job_info(on_ray)
+        assert info.status == "PENDING"
+        assert "It may be waiting for resources (CPUs, GPUs, memory, custom resources)" in (
+            info.message or ""
+        )
         assert server.wait_state(first["id"], "SUCCEEDED", timeout=60)
         assert server.wait_state(second["id"], "SUCCEEDED", timeout=60)
         assert api.get(f"/api/v1/jobs/{second['id']}/logs").text == "second\n"
+        assert api.get(f"/api/v1/jobs/{beyond['id']}").json()["state"] == "QUEUED"
+        assert ray_face.stop_job(on_ray) is True
+        assert api.post(f"/api/v1/jobs/{beyond['id']}/stop").status_code == 202
+        assert server.wait_state(beyond["id"], "STOPPED", timeout=30)
+        assert server.wait_state(on_ray, "STOPPED", timeout=30)
 
 
 def test_a_job_submitted_on_any_face_runs_on_the_ray_pool(

@@ -1,4 +1,5 @@
-"""One fit calculation (model/capacity.shortfall) for "never fits", "fits now" and "why not"."""
+"""One fit calculation (model/capacity.shortfall) for "never fits", "fits now" and "why not";
+a pool that can grow (a Ray cluster) has no "never" but for its task slots."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from jobyard.config import QueueSpec
 from jobyard.model import JobSpec, PendingReason
 from jobyard.model.capacity import Capacity, Free, GpuInfo, Shortage, shortfall, why_never_fits
 from jobyard.model.job import Resources
-from jobyard.scheduler.policy import Candidate, plan
+from jobyard.scheduler.policy import GROWING, Candidate, plan
 
 
 def pool(cpus: float = 0.3, memory: int = 2**21, gpus: int = 2) -> Capacity:
@@ -73,3 +74,50 @@ def test_why_not_says_each_shortage_or_the_gpu_model() -> None:
         PendingReason.GANG_DOES_NOT_FIT_YET,
         "all 2 workers start together; needs 1.5 CPUs (1 free)",
     )
+
+
+def growing(**sizes: float) -> Capacity:
+    return pool(**sizes).model_copy(update={"can_grow": True})  # type: ignore[arg-type]
+
+
+def test_a_pool_that_can_grow_refuses_only_asks_beyond_its_task_slots() -> None:
+    huge = Resources(cpus=64, memory=2**30, gpus=8, gpu_model="tpu-v5")
+    assert why_never_fits(growing(), huge, 1) is None
+    assert why_never_fits(pool(), huge, 1) == ("resources.cpus", "needs 64 CPUs, the pool has 0.3")
+    assert why_never_fits(growing(), Resources(), 5) == (
+        "replicas",
+        "5 exceeds the pool's 4 task slots",
+    )
+
+
+def test_a_job_larger_than_a_pool_that_can_grow_waits_in_rays_words() -> None:
+    spec = JobSpec(entrypoint="true", resources=Resources(cpus=2, gpus=4))
+    assert why_waiting(growing(), spec) == (
+        PendingReason.WAITING_FOR_CAPACITY,
+        f"needs 2 CPUs (0.3 free), 4 GPUs (2 free), {GROWING}",
+    )
+    assert "waiting for resources (CPUs, GPUs, memory, custom resources)" in GROWING
+    first, second = (
+        Candidate(id=i, display_id=f"j{i}", owner="a", queue="q", priority=0, spec=spec)
+        for i, spec in enumerate([JobSpec(entrypoint="true", resources=Resources(cpus=0.3))] * 2)
+    )
+    busy = plan([first, second], growing(), [], {"q": QueueSpec(name="q")}, now=0, reserve_after=9)
+    assert busy.pending[1][1] == "needs 0.3 CPUs (0 free)"  # fits once the first one ends
+    assert why_waiting(pool(), spec)[1] == "needs 2 CPUs (0.3 free), 4 GPUs (2 free)"
+
+
+def test_a_job_larger_than_the_whole_pool_holds_nothing_for_itself() -> None:
+    """Past the reservation delay a blocked job holds what frees up, but one that could not fit
+    the whole pool would hold it all and fit no better: the jobs behind it run."""
+    queue = {"q": QueueSpec(name="q")}
+
+    def job(i: int, cpus: float) -> Candidate:
+        spec = JobSpec(entrypoint="true", resources=Resources(cpus=cpus))
+        return Candidate(id=i, display_id=f"j{i}", owner="a", queue="q", priority=0, spec=spec)
+
+    for capacity in (growing(cpus=1), pool(cpus=1)):
+        result = plan([job(1, 2), job(2, 0.5)], capacity, [], queue, now=100, reserve_after=9)
+        assert [p.job_id for p in result.placements] == [2]
+        assert result.pending[1][0] is PendingReason.WAITING_FOR_CAPACITY
+    held = plan([job(1, 0.75), job(2, 0.5)], pool(cpus=1), [], queue, now=100, reserve_after=9)
+    assert [p.job_id for p in held.placements] == [1]  # fits: placed; the next one waits

@@ -5,6 +5,10 @@ the whole pool ("never fits", `why_never_fits`), the planner of what is free now
 `Free.fits` and `Free.take_spec`) and, for a job that waits, to say why (`policy._why_not`).
 CPUs compare with a tolerance of 1e-9 (3 x 0.1 CPUs fit in 0.3), memory, task slots and GPUs
 exactly.
+
+A pool that can grow (`Capacity.can_grow`: a Ray cluster, whose autoscaler may add nodes) has
+no "never" for CPUs, memory or GPUs: what it lacks now it may have later, so such a job waits.
+Its task slots are jobyard's own setting (`max_tasks`) and do not grow.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ class GpuInfo(BaseModel):
 
 
 class Capacity(BaseModel):
-    """What one pool offers. Zero-request jobs still count against `max_tasks`."""
+    """What one pool offers. Zero-request jobs still count against `max_tasks`.
+    `can_grow`: whether CPUs, memory and GPUs may be added to it later (an autoscaler)."""
 
     node: str
     cpus: float
     memory_mib: int
     gpus: list[GpuInfo] = Field(default_factory=list)
     max_tasks: int
+    can_grow: bool = False
 
 
 def gpu_matches(gpu: GpuInfo, resources: Resources) -> bool:
@@ -156,11 +162,30 @@ def shortfall(free: Free, resources: Resources, replicas: int) -> list[Shortage]
     return short
 
 
+# What a pool that can grow may get more of (its task slots are jobyard's setting).
+_GROWS = frozenset({"resources.cpus", "resources.memory", "resources.gpus"})
+
+
+def beyond_pool(capacity: Capacity, resources: Resources, replicas: int) -> list[Shortage]:
+    """What `replicas` tasks of `resources` need more of than the whole pool has now."""
+    return shortfall(Free.whole(capacity), resources, replicas)
+
+
+def waits_to_grow(capacity: Capacity, resources: Resources, replicas: int) -> bool:
+    """Whether a job needs more CPUs, memory or GPUs than a pool that can grow has now."""
+    return capacity.can_grow and any(
+        s.field in _GROWS for s in beyond_pool(capacity, resources, replicas)
+    )
+
+
 def why_never_fits(
     capacity: Capacity, resources: Resources, replicas: int
 ) -> tuple[str, str] | None:
-    """(field, problem) if a job can never run in this pool, else None."""
-    short = shortfall(Free.whole(capacity), resources, replicas)
+    """(field, problem) if a job can never run in this pool, else None. In a pool that can
+    grow only the task slots are a limit for ever."""
+    short = beyond_pool(capacity, resources, replicas)
+    if capacity.can_grow:
+        short = [s for s in short if s.field not in _GROWS]
     if not short:
         return None
     first = short[0]

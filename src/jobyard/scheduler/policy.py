@@ -4,8 +4,11 @@ Order: the queue's priority, then the job's (high first); between the users of a
 priority, the user with the smallest dominant share of what runs now goes next (fair share);
 each user's jobs in submission order. Gang: all replicas or none. A job that does not fit is
 skipped and smaller jobs behind it may start (backfill), except that the first job blocked for
-longer than the reservation delay holds what it needs as it frees up, so it cannot starve.
-Queue and per-user limits (jobs, GPUs, CPUs) hold a job back without blocking the others.
+longer than the reservation delay holds what it needs as it frees up, so it cannot starve
+(unless it asks for more than the whole pool has: holding could not make it fit, and would
+stop every other job). Queue and per-user limits (jobs, GPUs, CPUs) hold a job back without
+blocking the others. In a pool that can grow (a Ray cluster), a job larger than the whole pool
+waits for it to grow, saying so in Ray's words.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from datetime import UTC, datetime
 
 from jobyard.config import QueueSpec
 from jobyard.model import Job, JobSpec, PendingReason, Placement
-from jobyard.model.capacity import Capacity, Free, Shortage, amount, shortfall
+from jobyard.model.capacity import (
+    Capacity,
+    Free,
+    Shortage,
+    amount,
+    beyond_pool,
+    shortfall,
+    waits_to_grow,
+)
 from jobyard.model.job import TaskPlacement, task_name
 
 __all__ = ["Candidate", "Free", "Plan", "Usage", "plan"]
@@ -146,6 +157,13 @@ _NEEDS = {
 }
 
 
+# Ray's words for a job that waits for resources (its job_manager's PENDING message).
+GROWING = (
+    "more than the whole pool has now; it may be waiting for resources (CPUs, GPUs, memory, "
+    "custom resources) to become available (the pool can grow)"
+)
+
+
 def _need(short: Shortage) -> str:
     return _NEEDS[short.field].format(needed=amount(short.needed), free=amount(max(short.free, 0)))
 
@@ -187,6 +205,7 @@ class _Pass:
             self._count(job.queue, (job.queue, job.owner), job.spec)
         self.limited = {name: q for name, q in queues.items() if _has_limits(q)}
         self.reasons: dict[_Shape, tuple[PendingReason, str]] = {}
+        self.beyond: dict[_Shape, bool] = {}  # shapes larger than the whole pool
         self.held: Free | None = None  # what the reserved job holds, once there is one
         self.holder: str | None = None
         self.result = Plan()
@@ -278,7 +297,11 @@ class _Pass:
         assigned = self.free.take_spec(spec) if known is None else None
         if assigned is None:
             why = known or self._why_waiting(c)
-            if self.held is None and self.now - c.waiting_since >= self.reserve_after:
+            if (
+                self.held is None
+                and self.now - c.waiting_since >= self.reserve_after
+                and not self._beyond_pool(c)
+            ):
                 self.held = self.free.hold(spec)
                 self.holder = f"job {c.display_id}"
                 self.reasons.clear()
@@ -298,5 +321,15 @@ class _Pass:
     def _why_waiting(self, c: Candidate) -> tuple[PendingReason, str]:
         # Many queued jobs ask for the same thing: say why once per shape and state.
         unreserved = self.free.plus(self.held) if self.held is not None else None
-        why = self.reasons[c.shape] = _why_not(c.spec, self.free, unreserved, self.holder)
+        why = _why_not(c.spec, self.free, unreserved, self.holder)
+        if waits_to_grow(self.capacity, c.spec.resources, c.spec.replicas):
+            why = (why[0], f"{why[1]}, {GROWING}")
+        self.reasons[c.shape] = why
         return why
+
+    def _beyond_pool(self, c: Candidate) -> bool:
+        found = self.beyond.get(c.shape)
+        if found is None:
+            short = beyond_pool(self.capacity, c.spec.resources, c.spec.replicas)
+            found = self.beyond[c.shape] = bool(short)
+        return found

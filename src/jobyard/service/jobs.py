@@ -440,6 +440,7 @@ class JobService:
             )
         _check_image(self._settings, spec)
         self._executor.check_spec_supported(spec)
+        # Beyond the pool: refused where it cannot grow; where it can (Ray), the job waits.
         problem = why_never_fits(self._executor.capacity(), spec.resources, spec.replicas)
         if problem is not None:
             raise InvalidInput(f"{problem[0]}: {problem[1]}", field=problem[0])

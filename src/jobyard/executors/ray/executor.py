@@ -19,7 +19,8 @@ meanwhile is kept here, PENDING with reason EXECUTOR_UNAVAILABLE, and submitted 
 cluster answers again (its handle holds the whole submission, so a restarted server submits
 it too). The pool's capacity is the cluster's (Ray's State API), refreshed every
 `capacity_refresh_seconds` and saved, so a server that starts while the head is down
-schedules on the last capacity it knew.
+schedules on the last capacity it knew. It can grow (an autoscaler may add nodes) unless
+`ray.pool_can_grow` says not: a job larger than the cluster waits for it, as on Ray.
 """
 
 from __future__ import annotations
@@ -115,7 +116,12 @@ class RayExecutor(Executor):
             return saved
 
     def _read_capacity(self, nodes: list[dict[str, Any]]) -> Capacity:
-        capacity = capacity_of(nodes, node=self._node, max_tasks=self._settings.max_tasks)
+        capacity = capacity_of(
+            nodes,
+            node=self._node,
+            max_tasks=self._settings.max_tasks,
+            can_grow=self._ray.pool_can_grow,
+        )
         if not capacity.cpus and not capacity.gpus:
             raise ExecutorUnavailable(f"the Ray cluster at {self._client.where} has no live node")
         if capacity != getattr(self, "_capacity", None):
@@ -126,9 +132,10 @@ class RayExecutor(Executor):
 
     def _load_capacity(self) -> Capacity | None:
         try:
-            return Capacity.model_validate_json(self._saved_capacity.read_text())
+            saved = Capacity.model_validate_json(self._saved_capacity.read_text())
         except (OSError, ValueError):
             return None
+        return saved.model_copy(update={"can_grow": self._ray.pool_can_grow})
 
     async def _refresh_capacity(self) -> None:
         self._capacity_at = time.monotonic()

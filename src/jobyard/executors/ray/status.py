@@ -85,9 +85,12 @@ def driver_output(text: str, job: RayJob, *, final: bool) -> bytes:
     return body.encode()
 
 
-def capacity_of(nodes: list[dict[str, Any]], *, node: str, max_tasks: int) -> Capacity:
+def capacity_of(
+    nodes: list[dict[str, Any]], *, node: str, max_tasks: int, can_grow: bool = False
+) -> Capacity:
     """The ALIVE nodes' total CPUs, memory (Ray's `memory` resource) and GPUs, whose model is
-    the node's `accelerator_type:<model>` resource (else "unknown"), numbered across nodes."""
+    the node's `accelerator_type:<model>` resource (else "unknown"), numbered across nodes.
+    `can_grow`: whether the cluster may get more (an autoscaler; `ray.pool_can_grow`)."""
     alive = [n for n in nodes if n.get("state") == "ALIVE"]
     cpus, memory, gpus = 0.0, 0, list[GpuInfo]()
     for item in alive:
@@ -100,4 +103,6 @@ def capacity_of(nodes: list[dict[str, Any]], *, node: str, max_tasks: int) -> Ca
         )
         for _ in range(int(resources.get("GPU", 0))):
             gpus.append(GpuInfo(index=len(gpus), model=model))
-    return Capacity(node=node, cpus=cpus, memory_mib=memory, gpus=gpus, max_tasks=max_tasks)
+    return Capacity(
+        node=node, cpus=cpus, memory_mib=memory, gpus=gpus, max_tasks=max_tasks, can_grow=can_grow
+    )
