@@ -297,11 +297,7 @@ class _Pass:
         assigned = self.free.take_spec(spec) if known is None else None
         if assigned is None:
             why = known or self._why_waiting(c)
-            if (
-                self.held is None
-                and self.now - c.waiting_since >= self.reserve_after
-                and not self._beyond_pool(c)
-            ):
+            if self._may_hold(c):
                 self.held = self.free.hold(spec)
                 self.holder = f"job {c.display_id}"
                 self.reasons.clear()
@@ -326,6 +322,15 @@ class _Pass:
             why = (why[0], f"{why[1]}, {GROWING}")
         self.reasons[c.shape] = why
         return why
+
+    def _may_hold(self, c: Candidate) -> bool:
+        """Whether `c` is the job that holds what frees up: the first one blocked past the
+        reservation delay that could fit the whole pool."""
+        return (
+            self.held is None
+            and self.now - c.waiting_since >= self.reserve_after
+            and not self._beyond_pool(c)
+        )
 
     def _beyond_pool(self, c: Candidate) -> bool:
         found = self.beyond.get(c.shape)
