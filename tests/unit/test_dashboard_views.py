@@ -1,13 +1,19 @@
-"""The dashboard's pure shaping: the last hour's running/queued counts and form field errors."""
+"""The dashboard's pure shaping: the last hour's running/queued counts and form field errors;
+its state filter's list of states."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from jobyard.model import JobState
+import jobyard.web
+from jobyard.model import LIVE_STATES, JobState
+from jobyard.model.state import TRANSITIONS
 from jobyard.service import JobRequest
 from jobyard.web.views import activity, field_errors
 from tests.factories import make_job
@@ -54,3 +60,16 @@ def test_field_errors_name_the_form_fields_without_the_spec_prefix():
         )
     fields = {e["field"] for e in field_errors(exc.value)}
     assert fields == {"resources.cpus", "replicas"}
+
+
+def test_the_state_filter_offers_the_states_a_job_can_be_in():
+    """The dashboard's list of states (app.js) is the core's, less SCHEDULED, which no edge
+    enters (docs/state-machine.md)."""
+    script = (Path(jobyard.web.__file__).parent / "static" / "app.js").read_text()
+    found = re.search(r"^const STATES = (\[.*\]);$", script, re.MULTILINE)
+    assert found is not None
+    reachable = [
+        s for s in JobState if s is JobState.QUEUED or any(s in t for t in TRANSITIONS.values())
+    ]
+    assert json.loads(found.group(1)) == [s.value for s in reachable]
+    assert JobState.SCHEDULED not in reachable and JobState.SCHEDULED not in LIVE_STATES

@@ -3,10 +3,12 @@ core's names; these tests keep each copy equal to the core's."""
 
 from __future__ import annotations
 
+import re
 import typing
 
 from jobyard import model
 from jobyard.client import calls, models
+from jobyard.model import EventType, TaskState
 from jobyard.model.job import IdleGpuAction
 
 
@@ -32,3 +34,11 @@ def test_the_sdks_idle_gpu_actions_are_the_cores() -> None:
     hints = typing.get_type_hints(calls.SubmitOptions)
     (literal, _none) = typing.get_args(hints["idle_gpu_action"])
     assert set(typing.get_args(literal)) == {a.value for a in IdleGpuAction}
+
+
+def test_the_values_the_sdks_models_name_are_the_cores() -> None:
+    """The SDK types task states and event types as strings and names their values in its
+    docstrings: those names are the core's enums."""
+    assert re.findall(r"[A-Z]{4,}", models.Task.__doc__ or "") == [s.value for s in TaskState]
+    named = re.search(r"`type` is (\w+) or (\w+)", models.Event.__doc__ or "")
+    assert named is not None and list(named.groups()) == [t.value for t in EventType]

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 from jobyard.config import Settings
 from jobyard.errors import InvalidInput, NotFound
 from jobyard.executors.base import Shell, ShellCommand, TerminalSize
-from jobyard.model import EventType, Job, JobState
+from jobyard.model import LIVE_STATES, EventType, Job
 from jobyard.model.job import Lease, PortProtocol, PortSpec
 from jobyard.service.auth import User
 from jobyard.service.jobs import JobService
@@ -33,8 +33,7 @@ from jobyard.store.feed import Watch
 
 log = logging.getLogger("jobyard.access")
 
-LIVE_STATES = (JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING)
-_LIVE = [s.value for s in LIVE_STATES]
+_LIVE = sorted(s.value for s in LIVE_STATES)  # a job whose ports may be open
 MAX_KEYS = 64
 
 

@@ -30,6 +30,7 @@ from jobyard.errors import (
 from jobyard.executors import containers
 from jobyard.executors.base import Executor, Shell, ShellCommand, TerminalSize
 from jobyard.model import (
+    LIVE_STATES,
     Event,
     EventType,
     Job,
@@ -294,8 +295,7 @@ class JobService:
 
     @staticmethod
     def _usage(conn: Connection) -> tuple[list[Job], dict[tuple[str, str], int]]:
-        live_states = [JobState.SCHEDULED, JobState.STARTING, JobState.RUNNING, JobState.STOPPING]
-        live = q.load_jobs(conn, q.ids_in_states(conn, live_states), with_log=False)
+        live = q.load_jobs(conn, q.ids_in_states(conn, LIVE_STATES), with_log=False)
         return live, store_scheduling.counts_by_queue(conn)
 
     def find_environment(self, ref: str | None) -> EnvironmentSpec | None:

@@ -2,7 +2,7 @@
 // No framework and no build step; everything is built with DOM calls (never innerHTML with data).
 "use strict";
 
-const STATES = ["QUEUED", "SCHEDULED", "STARTING", "RUNNING", "STOPPING", "SUCCEEDED", "FAILED", "STOPPED"];
+const STATES = ["QUEUED", "STARTING", "RUNNING", "STOPPING", "SUCCEEDED", "FAILED", "STOPPED"];
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "STOPPED"]);
 const POLL_MS = 1000;
 let me = null;
