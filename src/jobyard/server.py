@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from jobyard.api.app import create_app
 from jobyard.api.limits import RequestSizeLimit
 from jobyard.api.ray import create_ray_app
+from jobyard.api.ray.runtime_env import RuntimeEnvService
 from jobyard.config import Settings
 from jobyard.errors import Conflict
 from jobyard.executors.base import Executor
@@ -30,7 +31,6 @@ from jobyard.metrics import Metrics
 from jobyard.scheduler.reconciler import Reconciler
 from jobyard.service import AuthService, JobService, LogService, figures
 from jobyard.service.access import AccessService
-from jobyard.service.runtime_env import RuntimeEnvService
 from jobyard.service.usage import UsageService
 from jobyard.store.db import Database, migrate
 

@@ -487,3 +487,19 @@ def test_a_ray_port_asked_for_but_taken_stops_the_server(tmp_path: Path) -> None
     assert done.returncode == 1, done.stderr
     assert f"Ray job API: cannot listen on 127.0.0.1:{ray_port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("module", ["jobyard.executors.venv", "jobyard.service.runtime_env"])
+def test_the_venv_builder_runs_under_its_name_and_the_one_queued_jobs_of_0_1_use(
+    module: str, tmp_path: Path
+) -> None:
+    """A job's setup step builds its virtualenv with `python -m jobyard.executors.venv`; a job
+    queued by jobyard 0.1.0 says `jobyard.service.runtime_env`, which still builds it. (httpx:
+    the base interpreter has it, which the virtualenv sees, so pip installs nothing.)"""
+    venv = tmp_path / "venv"
+    build = [sys.executable, "-I", "-m", module, "venv", str(venv), "--", "--no-index", "httpx"]
+    done = subprocess.run(build, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (venv / ".jobyard-ready").is_file() and (venv / "bin" / "python").exists()
+    assert f"jobyard: installing --no-index httpx into {venv}" in done.stdout
+    assert "Requirement already satisfied: httpx" in done.stdout

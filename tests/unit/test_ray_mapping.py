@@ -21,16 +21,16 @@ from jobyard.api.ray.mapping import (
     setup_failure,
 )
 from jobyard.api.ray.nodes import NodeAddresses, resolve
-from jobyard.api.ray.schemas import job_details, read_runtime_env
-from jobyard.errors import InvalidInput
-from jobyard.model import Job, JobSpec, JobState, TerminationReason
-from jobyard.model.job import Task, check_labels
-from jobyard.service.runtime_env import (
+from jobyard.api.ray.runtime_env import (
     DEFAULT_SETUP_TIMEOUT,
     SETUP_FAILED,
     SETUP_FAILED_EXIT,
     failed_setup,
 )
+from jobyard.api.ray.schemas import job_details, read_runtime_env
+from jobyard.errors import InvalidInput
+from jobyard.model import Job, JobSpec, JobState, TerminationReason
+from jobyard.model.job import Task, check_labels
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ from jobyard.api.errors import Problem, install_error_handlers, register_face_er
 from jobyard.api.inputs import InputCheck
 from jobyard.api.ray.nodes import NodeAddresses
 from jobyard.api.ray.routes import router
+from jobyard.api.ray.runtime_env import RuntimeEnvService
 from jobyard.api.responses import JSONResponse
 from jobyard.service import AuthService, JobService, LogService
-from jobyard.service.runtime_env import RuntimeEnvService
 
 
 def render_ray(problem: Problem) -> Response:

@@ -6,7 +6,7 @@ runtime ran out), and a Ray client takes a terminal status as final. `ray job st
 until the job really is STOPPED.
 
 A job whose runtime_env could not be set up ended in its setup step, with exit code
-SETUP_FAILED_EXIT and SETUP_FAILED as its log's last line (service.runtime_env): Ray calls
+SETUP_FAILED_EXIT and SETUP_FAILED as its log's last line (model.setup): Ray calls
 that RUNTIME_ENV_SETUP_FAILURE, with no driver and no driver exit code.
 """
 
@@ -21,7 +21,7 @@ from datetime import datetime
 
 from jobyard.model import Job, JobState, TerminationReason
 from jobyard.model.job import check_labels
-from jobyard.service.runtime_env import SETUP_FAILED, SETUP_FAILED_EXIT
+from jobyard.model.setup import SETUP_FAILED, SETUP_FAILED_EXIT
 
 
 class RayStatus(enum.StrEnum):

@@ -30,12 +30,12 @@ from jobyard.api.ray.mapping import (
     may_have_failed_setup,
 )
 from jobyard.api.ray.nodes import NodeAddresses
+from jobyard.api.ray.runtime_env import PreparedEnv, RuntimeEnvService, TooLarge
 from jobyard.api.ray.schemas import SubmitRequest, job_details, read_runtime_env
 from jobyard.api.responses import JSONResponse
 from jobyard.errors import Conflict, Forbidden, InvalidInput, JobyardError, NotFound, Unauthorized
 from jobyard.model import Job, JobSpec, JobState, TerminationReason
 from jobyard.service import AuthService, JobQuery, JobRequest, LogQuery, LogService, User
-from jobyard.service.runtime_env import PreparedEnv, RuntimeEnvService, TooLarge
 
 
 def _error(description: str) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from jobyard.api.ray.mapping import (
     setup_failure,
     status_of,
 )
+from jobyard.api.ray.runtime_env import DEFAULT_SETUP_TIMEOUT, EnvRequest, PipRequirements
 from jobyard.api.strict import RequestModel
 from jobyard.errors import InvalidInput
 from jobyard.model import Job, JobState
 from jobyard.model.job import check_labels
-from jobyard.service.runtime_env import DEFAULT_SETUP_TIMEOUT, EnvRequest, PipRequirements
 
 NonNegative = Annotated[float, Field(ge=0)]
 
