@@ -1,10 +1,15 @@
-"""Settings: one TOML file plus JOBYARD_* environment variables. Pure: nothing happens at import."""
+"""Settings: one TOML file plus JOBYARD_* environment variables. Pure: nothing happens at import.
+
+An executor does not get the whole Settings: it gets its slice (`ExecutorSettings` and one
+subclass per built-in executor), built from Settings by `<Kind>ExecutorSettings.of(settings)`,
+which `Executor.from_settings` calls (the registry, and tests, build executors that way).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -278,12 +283,7 @@ class Settings(BaseSettings):
 
     def find_environment(self, ref: str | None) -> EnvironmentSpec | None:
         """The catalog entry `ref` names by id or name; None (or "") means the first entry."""
-        if not ref:
-            return self.environments[0] if self.environments else None
-        for entry in self.environments:
-            if ref in (entry.id, entry.name):
-                return entry
-        return None
+        return _find_environment(self.environments, ref)
 
     @property
     def sqlite_path(self) -> Path:
@@ -317,3 +317,77 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
+
+
+def _find_environment(entries: list[EnvironmentSpec], ref: str | None) -> EnvironmentSpec | None:
+    if not ref:
+        return entries[0] if entries else None
+    return next((entry for entry in entries if ref in (entry.id, entry.name)), None)
+
+
+# ---- what each executor reads -----------------------------------------------------------------
+
+
+class ExecutorSettings(BaseModel):
+    """What every executor reads of the server's settings. `of` takes each field from the
+    Settings attribute of the same name."""
+
+    home: Path
+    node_name: str
+    stop_grace_seconds: float
+    max_tasks: int
+    environments: list[EnvironmentSpec]
+    # Containers (the local and Slurm executors run jobs with an image; containers.py).
+    container_runtime: Literal["podman", "docker", "none"] | None = None
+    container_runtime_args: ContainerRuntimeArgs = Field(default_factory=ContainerRuntimeArgs)
+    container_pull_timeout_seconds: float = 1800.0
+    default_image: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        return cls.model_validate(_same_names(cls, settings))
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    def find_environment(self, ref: str | None) -> EnvironmentSpec | None:
+        """The catalog entry `ref` names by id or name; None (or "") means the first entry."""
+        return _find_environment(self.environments, ref)
+
+
+class LocalExecutorSettings(ExecutorSettings):
+    """The local executor's: its pool's CPUs, memory and GPUs as configured (the pool's own
+    values, else the server's; None: discovered on this machine)."""
+
+    cpus: float | None = None
+    memory_mib: int | None = None
+    gpus: list[GpuSpec] | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        pool = settings.effective_pools[0]
+        return cls.model_validate(
+            {
+                **_same_names(ExecutorSettings, settings),
+                "cpus": pool.cpus if pool.cpus is not None else settings.cpus,
+                "memory_mib": pool.memory_mib or settings.memory_mib,
+                "gpus": pool.gpus if pool.gpus is not None else settings.gpus,
+            }
+        )
+
+
+def _same_names(cls: type[BaseModel], settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in cls.model_fields}
+
+
+class SlurmExecutorSettings(ExecutorSettings):
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+
+class RayExecutorSettings(ExecutorSettings):
+    ray: RaySettings = Field(default_factory=RaySettings)

@@ -98,7 +98,7 @@ def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
         os.close(home_lock)
         raise
     try:
-        executor = load_executor(settings.executor, settings=settings)
+        executor = load_executor(settings.executor, settings)
         reconciler = Reconciler(db, executor, settings, metrics=metrics)
         auth = AuthService(db)
         auth.bootstrap_admin(settings.admin_token_path)

@@ -60,7 +60,7 @@ _jobs = iter(range(20_000_000 + os.getpid() * 100, 20_000_000 + os.getpid() * 10
 
 @pytest.fixture
 async def executor(images: Images, home: Path) -> AsyncIterator[LocalExecutor]:
-    ex = LocalExecutor(container_settings(home, default_image=images.local))
+    ex = LocalExecutor.from_settings(container_settings(home, default_image=images.local))
     yield ex
     await ex.close()
     assert gone_in_time(home) == []  # the test left no container behind
@@ -228,7 +228,7 @@ def silent_registry() -> Iterator[str]:
 
 async def test_a_hanging_pull_is_stopped_or_times_out(images: Images, home: Path) -> None:
     settings = container_settings(home, container_pull_timeout_seconds=2)
-    ex = LocalExecutor(settings)
+    ex = LocalExecutor.from_settings(settings)
     try:
         with silent_registry() as registry:
             (stopped,) = await ex.start(placement(entrypoint="true", image=f"{registry}/x/y:1"))
@@ -254,7 +254,7 @@ async def test_a_container_whose_supervisor_died_is_found_by_its_labels(
     images: Images, home: Path
 ) -> None:
     settings = container_settings(home, default_image=images.local)
-    first = LocalExecutor(settings)
+    first = LocalExecutor.from_settings(settings)
     p = placement(entrypoint="echo ready; sleep 300")
     (task,) = await first.start(p)
     await wait_log(first, task, "ready\n")
@@ -262,7 +262,7 @@ async def test_a_container_whose_supervisor_died_is_found_by_its_labels(
     os.killpg(task.handle["pid"], signal.SIGKILL)  # the supervisor and its `podman run`
     wait_for(lambda: not psutil.pid_exists(task.handle["pid"]) or _zombie(task.handle["pid"]))
     assert leftover_containers(home) == [task.handle["container"]]  # it runs on, under conmon
-    second = LocalExecutor(settings)  # as after a crash that lost the task's handle
+    second = LocalExecutor.from_settings(settings)  # as after a crash that lost the task's handle
     try:
         (found,) = await second.find_started([InterruptedStart(p, since=time.time() - 60)])
         assert found[0] is not None and found[0].handle["container"] == task.handle["container"]
@@ -331,7 +331,9 @@ async def test_gpus_without_cdi_specs_are_refused_at_start(images: Images, home:
     if containers.cdi_specs_exist():
         pytest.skip("this machine has CDI specs: GPUs would be passed")
     gpus = [GpuSpec(index=i, model="test") for i in range(2)]
-    ex = LocalExecutor(container_settings(home, default_image=images.local, gpus=gpus))
+    ex = LocalExecutor.from_settings(
+        container_settings(home, default_image=images.local, gpus=gpus)
+    )
     try:
         with pytest.raises(StartFailed, match="nvidia-ctk cdi generate"):
             await ex.start(placement(entrypoint="true", resources={"gpus": 1}, gpus=[1]))
@@ -351,7 +353,7 @@ async def test_on_slurm_the_node_pulls_the_image_or_says_why_not(
     it lasts, through a slow proxy), and a tag the registry lacks (IMAGE_PULL_FAILED)."""
     settings = container_settings(home, executor="slurm", slurm=slurm_settings())
     with holding_the_cluster(tmp_path), slow_proxy(images.registry, 0.3) as registry:
-        ex = SlurmExecutor(settings)
+        ex = SlurmExecutor.from_settings(settings)
         try:
             image = images.remote.replace(images.registry, registry)
             (pulled,) = await ex.start(placement(entrypoint="echo pulled", image=image))

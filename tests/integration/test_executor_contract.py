@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import shlex
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from jobyard.executors.base import (
     TaskReport,
     TerminalSize,
 )
+from jobyard.executors.handles import ContainerFields, LocalHandle, RayHandle, SlurmHandle
 from jobyard.executors.local.executor import LocalExecutor
 from jobyard.executors.registry import load_executor
 from jobyard.executors.slurm.executor import SlurmExecutor
@@ -107,8 +109,12 @@ def settings_for(kind: str, home: Path) -> Settings:
 
 def new_executor(kind: str, settings: Settings) -> Executor:
     if kind == "ray":
-        return load_executor("ray", settings=settings)
-    return SlurmExecutor(settings) if kind.startswith("slurm") else LocalExecutor(settings)
+        return load_executor("ray", settings)
+    return (
+        SlurmExecutor.from_settings(settings)
+        if kind.startswith("slurm")
+        else LocalExecutor.from_settings(settings)
+    )
 
 
 @pytest.fixture(params=KINDS)
@@ -221,6 +227,29 @@ async def test_exit_code_and_output_are_recorded(executor: Executor) -> None:
     assert "out\n" in log and "err\n" in log
     report, log = await run_to_end(executor, entrypoint="true")
     assert (report.state, report.exit_code, log) == (TaskState.EXITED, 0, "")
+
+
+HANDLES: dict[str, type[Mapping[str, Any]]] = {
+    "local": LocalHandle,
+    "local-container": LocalHandle,
+    "slurm": SlurmHandle,
+    "slurm-container": SlurmHandle,
+    "ray": RayHandle,
+}
+
+
+async def test_a_handle_has_the_fields_its_executor_declares(executor: Executor, kind: str) -> None:
+    """executors/handles.py declares each executor's handle: what start() gives has every
+    required field, nothing undeclared, and in a container every container field."""
+    (task,) = await executor.start(placement(entrypoint="true"))
+    shape, fields = HANDLES[kind], set(task.handle)
+    required: frozenset[str] = shape.__required_keys__  # type: ignore[attr-defined]
+    optional: frozenset[str] = shape.__optional_keys__  # type: ignore[attr-defined]
+    assert required <= fields <= required | optional, sorted(fields)
+    in_container = ContainerFields.__optional_keys__ <= fields
+    assert in_container is kind.endswith("-container")
+    assert json.loads(json.dumps(task.handle)) == task.handle  # stored as JSON, as it is
+    assert (await wait_report(executor, task.handle)).exit_code == 0
 
 
 async def test_argv_entrypoint_is_not_shell_parsed(executor: Executor) -> None:

@@ -163,7 +163,9 @@ async def test_ports_are_refused_at_submit_where_the_executor_cannot_reach_them(
     migrate(settings.effective_database_url)
     db = Database(settings.effective_database_url)
     try:
-        jobs = JobService(db, _NoPortsExecutor(settings), settings, wake=lambda _: None)
+        jobs = JobService(
+            db, _NoPortsExecutor.from_settings(settings), settings, wake=lambda _: None
+        )
         request = JobRequest(
             spec=JobSpec(entrypoint="true", ports=[{"port": 80, "protocol": "http"}])
         )

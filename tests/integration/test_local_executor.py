@@ -27,7 +27,7 @@ _next_id = iter(range(1, 10_000))
 
 @pytest.fixture
 def executor(home: Path) -> LocalExecutor:
-    return LocalExecutor(
+    return LocalExecutor.from_settings(
         make_settings(home, gpus=[GpuSpec(index=i, model="test") for i in range(4)])
     )
 
@@ -132,7 +132,7 @@ async def test_a_reused_pid_is_not_mistaken_for_the_task(
 async def _started_then_forgotten(home: Path, entrypoint: str) -> tuple[Placement, float, int]:
     """Start a task and drop its handle, as a kill -9 before the write that stores it does;
     the executor goes too (the task is no longer the child of a live executor)."""
-    first = LocalExecutor(make_settings(home))
+    first = LocalExecutor.from_settings(make_settings(home))
     job, since = placement(entrypoint=entrypoint), time.time()
     (task,) = await first.start(job)
     await first.close()
@@ -141,7 +141,7 @@ async def _started_then_forgotten(home: Path, entrypoint: str) -> tuple[Placemen
 
 async def test_a_start_whose_handle_was_never_stored_is_adopted(home: Path) -> None:
     job, since, pid = await _started_then_forgotten(home, "echo up; sleep 0.5; exit 4")
-    second = LocalExecutor(make_settings(home))  # as after the restart
+    second = LocalExecutor.from_settings(make_settings(home))  # as after the restart
     ((found,),) = await second.find_started([InterruptedStart(job, since)])
     assert found is not None and found.pid == pid
     assert (await second.poll([found.handle]))[0].state is TaskState.RUNNING
@@ -155,7 +155,7 @@ async def test_a_start_that_ended_while_the_server_was_down_gives_its_exit_code(
 ) -> None:
     job, since, pid = await _started_then_forgotten(home, "exit 3")
     await gone(pid)
-    second = LocalExecutor(make_settings(home))
+    second = LocalExecutor.from_settings(make_settings(home))
     ((found,),) = await second.find_started([InterruptedStart(job, since)])
     assert found is not None
     report = await wait_report(second, found.handle)
@@ -179,7 +179,7 @@ async def test_an_adopted_task_ends_only_once_what_it_left_running_is_killed(hom
     # the task's own child leaves its session (setsid): no group kill reaches it
     job, since, pid = await _started_then_forgotten(home, "setsid sleep 300 & sleep 0.3; exit 5")
     await asyncio.sleep(0.1)
-    second = LocalExecutor(make_settings(home))
+    second = LocalExecutor.from_settings(make_settings(home))
     ((found,),) = await second.find_started([InterruptedStart(job, since)])
     assert found is not None
     left = [p for p in _task_processes(job) if p.pid != pid]

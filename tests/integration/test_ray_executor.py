@@ -175,7 +175,7 @@ def test_capacity_is_the_live_nodes_total() -> None:
 
 @pytest.fixture
 async def executor(ray_head: RayHead, home: Path) -> AsyncIterator[RayExecutor]:
-    ex = RayExecutor(settings_at(home, ray_head.dashboard))
+    ex = RayExecutor.from_settings(settings_at(home, ray_head.dashboard))
     yield ex
     await ex.close()
     stop_jobs_of(ray_head, home)
@@ -196,9 +196,11 @@ async def test_capacity_is_the_clusters_and_outlives_a_head_that_is_down(
     capacity = executor.capacity()
     assert (capacity.cpus, capacity.gpus, capacity.can_grow) == (float(ray_head.cpus), [], True)
     assert capacity.memory_mib > 0
-    down = RayExecutor(settings_at(home, "http://127.0.0.1:9"))  # nothing listens there
+    down = RayExecutor.from_settings(
+        settings_at(home, "http://127.0.0.1:9")
+    )  # nothing listens there
     fixed = RaySettings(address="http://127.0.0.1:9", pool_can_grow=False)
-    fixed_down = RayExecutor(make_settings(home, executor="ray", ray=fixed))
+    fixed_down = RayExecutor.from_settings(make_settings(home, executor="ray", ray=fixed))
     try:
         assert down.capacity() == capacity  # the last one read, saved in the data directory
         assert fixed_down.capacity() == capacity.model_copy(update={"can_grow": False})
@@ -222,7 +224,9 @@ async def test_logs_are_followed_and_kept_after_ray_forgets_the_job(
     assert executor.read_log(task.handle, 0, 100) == b"one\ntwo\n"
     ray = JobSubmissionClient(ray_head.dashboard)
     assert ray.delete_job(task.handle["submission_id"])  # Ray has forgotten it (as a restart does)
-    again = RayExecutor(settings_at(home, ray_head.dashboard))  # and jobyard restarted
+    again = RayExecutor.from_settings(
+        settings_at(home, ray_head.dashboard)
+    )  # and jobyard restarted
     try:
         (report,) = await again.poll([task.handle])
         assert (report.state, report.exit_code) == (TaskState.EXITED, 3)
@@ -252,7 +256,9 @@ async def test_a_start_that_was_never_recorded_is_found_and_a_retry_is_new(
     (again,) = await executor.start(p)  # started again while Ray runs it: taken over
     assert again.handle["submission_id"] == first.handle["submission_id"]
     executor.release(first.handle, remove_files=False)  # as if this server had crashed
-    restarted = RayExecutor(settings_at(home, ray_head.dashboard))  # its handle never stored
+    restarted = RayExecutor.from_settings(
+        settings_at(home, ray_head.dashboard)
+    )  # its handle never stored
     try:
         [[found]] = await restarted.find_started([InterruptedStart(p, since)])
         assert found is not None and found.handle == {**first.handle, "deferred": None}

@@ -51,7 +51,7 @@ def shared_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[N
 
 @pytest.fixture
 async def executor(home: Path) -> AsyncIterator[SlurmExecutor]:
-    ex = SlurmExecutor(make_settings(home, executor="slurm", slurm=slurm_settings()))
+    ex = SlurmExecutor.from_settings(make_settings(home, executor="slurm", slurm=slurm_settings()))
     yield ex  # what it left in Slurm, shared_cluster cancels
     await ex.close()
 
@@ -209,7 +209,7 @@ async def test_array_elements_waiting_for_room_each_report_slurms_reason(
 
 async def test_max_array_size_splits_the_jobs_started_together(home: Path) -> None:
     settings = make_settings(home, executor="slurm", slurm=slurm_settings(max_array_size=2))
-    executor = SlurmExecutor(settings)
+    executor = SlurmExecutor.from_settings(settings)
     try:
         jobs = [placement(entrypoint=f"exit {i}") for i in range(3)]
         started = [task for (task,) in await asyncio.gather(*(executor.start(p) for p in jobs))]
@@ -349,7 +349,7 @@ def test_the_slurm_executor_is_chosen_by_name_and_needs_its_tools(home: Path) ->
         assert server.runtime.executor.kind == "slurm"
     broken = make_settings(home, executor="slurm", slurm=slurm_settings(bin_dir=Path("/nope")))
     with pytest.raises(ExecutorUnavailable, match="cannot run sinfo"):
-        SlurmExecutor(broken)
+        SlurmExecutor.from_settings(broken)
 
 
 def test_the_web_terminal_opens_a_shell_inside_the_allocation(home: Path) -> None:
@@ -386,7 +386,7 @@ async def test_jobs_whose_slurm_ids_were_never_stored_are_found_and_adopted(home
     job by its name, or an array element by the arm of the array's script that writes its
     log; a start that never reached sbatch is not found."""
     settings = make_settings(home, executor="slurm", slurm=slurm_settings())
-    first = SlurmExecutor(settings)
+    first = SlurmExecutor.from_settings(settings)
     since = time.time()
     together = [placement(entrypoint=f"echo up; sleep 1; exit {i}") for i in range(3)]
     pair = placement(entrypoint="echo up; exit 7", replicas=2)  # one Slurm job of its own
@@ -394,7 +394,7 @@ async def test_jobs_whose_slurm_ids_were_never_stored_are_found_and_adopted(home
     starts = [*together, pair]
     started = await asyncio.gather(*(first.start(p) for p in starts))
     await first.close()
-    second = SlurmExecutor(settings)
+    second = SlurmExecutor.from_settings(settings)
     try:
         found = await second.find_started([InterruptedStart(p, since) for p in [*starts, never]])
         ids = [[t.handle["slurm_job_id"] if t else None for t in tasks] for tasks in found]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
+from jobyard.config import ExecutorSettings, Settings
 from jobyard.errors import ExecutorRefused, JobyardError
 from jobyard.executors.shells import Shell, ShellCommand, TerminalSize, open_local_shell
 from jobyard.model import PendingReason, Placement, TaskState, TerminationReason
 from jobyard.model.capacity import Capacity, GpuInfo
 
-Handle = dict[str, Any]
+Handle = Mapping[str, Any]  # each executor's own TypedDict; stored as JSON
 __all__ = [
     "Capacity",
     "Executor",
@@ -73,13 +74,24 @@ class TaskReport:
 
 
 class Executor(ABC):
-    """Runs placements on one kind of infrastructure."""
+    """Runs placements on one kind of infrastructure. It is built with its own slice of the
+    server's settings (`settings_type`, made from Settings by `from_settings`), not the whole
+    Settings."""
 
     kind: ClassVar[str]
+    settings_type: ClassVar[type[ExecutorSettings]] = ExecutorSettings
     # What else this executor can do for a running task: "shell" (terminals, SSH), "ports"
     # (the job's declared ports reachable from this server) and "usage" (its processes are
     # on this machine: task_pids, and the GPU indices it hands out are this machine's).
     capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, settings: ExecutorSettings) -> None:
+        self._settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """This executor, with its slice of `settings` (the one place that makes it)."""
+        return cls(cls.settings_type.of(settings))
 
     def set_wakeup(self, callback: Callable[[], None]) -> None:
         """Give the executor a callback to call when a task changes (e.g. exits)."""

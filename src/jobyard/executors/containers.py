@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from jobyard.config import Settings
+from jobyard.config import ExecutorSettings
 from jobyard.errors import ExecutorRefused
 from jobyard.executors.base import Handle, ShellCommand, StartFailed, TaskReport
+from jobyard.executors.handles import ContainerFields, SavedRuntime
 from jobyard.model import JobSpec, PendingReason, TaskState, TerminationReason
 
 RUNTIMES = ("podman", "docker")
@@ -82,7 +82,7 @@ def reference_problem(ref: str) -> str | None:
     return None
 
 
-def container_image(settings: Settings, spec: JobSpec) -> str | None:
+def container_image(settings: ExecutorSettings, spec: JobSpec) -> str | None:
     """The image reference the spec's job runs in; None for a process job (the host or an
     environment of the catalog). `image`, else the `default_image` setting, names a catalog
     entry by id or name (whose `image` it is), or is a reference of its own."""
@@ -108,7 +108,7 @@ class Runtime:
         return [*self.argv, *words]
 
 
-def find_runtime(settings: Settings) -> Runtime | None:
+def find_runtime(settings: ExecutorSettings) -> Runtime | None:
     """The configured runtime, or the first of podman and docker on PATH; None: none."""
     wanted = settings.container_runtime
     if wanted == "none":
@@ -123,7 +123,7 @@ def find_runtime(settings: Settings) -> Runtime | None:
     return None
 
 
-def missing_runtime(settings: Settings) -> str:
+def missing_runtime(settings: ExecutorSettings) -> str:
     """What is missing, in words, where find_runtime() found nothing."""
     wanted = settings.container_runtime
     if wanted == "none":
@@ -133,7 +133,7 @@ def missing_runtime(settings: Settings) -> str:
     return "no container runtime: neither podman nor docker is on PATH (install podman)"
 
 
-def require_runtime(settings: Settings, kind: str, image: str) -> Runtime:
+def require_runtime(settings: ExecutorSettings, kind: str, image: str) -> Runtime:
     """The runtime for a job in `image`; else ExecutorRefused naming `image` and what is missing."""
     runtime = find_runtime(settings)
     if runtime is None:
@@ -535,9 +535,11 @@ def node_script(runtime: Runtime, task: NodeTask, *, pull_timeout: float) -> str
 
 def handle_fields(
     runtime: Runtime | None, image: str, job_id: int, task_name: str, home: Path, files: Path
-) -> dict[str, Any]:
+) -> ContainerFields:
     """The handle's container fields; `files` is the path prefix of the task's files."""
-    saved = {"name": runtime.name, "argv": list(runtime.argv)} if runtime else None
+    saved: SavedRuntime | None = (
+        {"name": runtime.name, "argv": list(runtime.argv)} if runtime else None
+    )
     return {
         "container": container_name(task_name, home),
         "image": image,

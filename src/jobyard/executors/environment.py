@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 
-from jobyard.config import EnvironmentSpec, Settings
+from jobyard.config import EnvironmentSpec, ExecutorSettings
 from jobyard.errors import ExecutorRefused
 from jobyard.model import JobSpec, Placement
 from jobyard.model.job import TaskPlacement
 
 
-def catalog_entry(settings: Settings, spec: JobSpec, *, kind: str) -> EnvironmentSpec | None:
+def catalog_entry(
+    settings: ExecutorSettings, spec: JobSpec, *, kind: str
+) -> EnvironmentSpec | None:
     """The catalog entry the spec's image names; None for the server's own environment (no
     image and no host entry). A container image, or a name the catalog lacks, is refused."""
     entry = settings.find_environment(spec.image)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Any
 
+from jobyard.config import Settings
 from jobyard.errors import ExecutorUnavailable, InvalidInput
 from jobyard.executors.base import Executor
 
@@ -26,7 +26,8 @@ def _import_string(name: str) -> str:
     raise InvalidInput(f"unknown executor {name!r}; known: {', '.join(known)}", field="executor")
 
 
-def load_executor(name: str, **options: Any) -> Executor:
+def load_executor(name: str, settings: Settings) -> Executor:
+    """The executor `name`, built with its own settings (Executor.from_settings)."""
     module_name, _, attr = _import_string(name).partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -35,7 +36,6 @@ def load_executor(name: str, **options: Any) -> Executor:
             f"executor {name!r} needs: pip install jobyard[{name}] ({exc})"
         ) from exc
     cls = getattr(module, attr)
-    executor = cls(**options)
-    if not isinstance(executor, Executor):
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
         raise ExecutorUnavailable(f"{module_name}:{attr} is not an Executor")
-    return executor
+    return cls.from_settings(settings)

@@ -163,10 +163,11 @@ def _waiting_for(task: StartedTask) -> tuple[PendingReason, str]:
 
 
 def _start_update(task: StartedTask, now: float) -> q.TaskUpdate:
+    handle = dict(task.handle)  # the executor's own TypedDict, stored as JSON
     if task.waiting:  # in the executor's own queue: RUNNING once a poll says so
-        return q.TaskUpdate(pid=task.pid, node=task.node, handle=task.handle)
+        return q.TaskUpdate(pid=task.pid, node=task.node, handle=handle)
     return q.TaskUpdate(
-        state=TaskState.RUNNING, pid=task.pid, node=task.node, started_at=now, handle=task.handle
+        state=TaskState.RUNNING, pid=task.pid, node=task.node, started_at=now, handle=handle
     )
 
 

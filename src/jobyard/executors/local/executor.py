@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import psutil
 
-from jobyard.config import EnvironmentSpec, Settings
+from jobyard.config import EnvironmentSpec, LocalExecutorSettings
 from jobyard.errors import ExecutorRefused
 from jobyard.executors import containers
 from jobyard.executors.base import (
@@ -44,6 +44,7 @@ from jobyard.executors.base import (
     TaskReport,
 )
 from jobyard.executors.environment import catalog_entry, task_environment
+from jobyard.executors.handles import LocalHandle
 from jobyard.executors.local import processes
 from jobyard.executors.local.gpus import discover_gpus
 from jobyard.executors.spawn import descendants, exit_code, signal_group, spawn_session
@@ -71,23 +72,21 @@ _EXIT_FILE_SLACK = 1.0
 
 class LocalExecutor(Executor):
     kind: ClassVar[str] = "local"
+    settings_type: ClassVar[type[LocalExecutorSettings]] = LocalExecutorSettings
     capabilities: ClassVar[frozenset[str]] = frozenset({"shell", "ports", "usage"})
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LocalExecutorSettings) -> None:
         self._settings = settings
         self._logs_dir = settings.logs_dir.resolve()
         self._jobs_dir = settings.jobs_dir.resolve()
         self._node = settings.node_name
-        # A pool's declared capacity wins over the top-level settings; unset means discover.
-        pool = settings.effective_pools[0]
-        cpus = pool.cpus if pool.cpus is not None else settings.cpus
+        # The pool's declared capacity (config.LocalExecutorSettings.of); unset means discover.
+        cpus = settings.cpus
         self._capacity = Capacity(
             node=settings.node_name,
             cpus=cpus if cpus is not None else float(os.cpu_count() or 1),
-            memory_mib=pool.memory_mib
-            or settings.memory_mib
-            or psutil.virtual_memory().total // 2**20,
-            gpus=discover_gpus(pool.gpus if pool.gpus is not None else settings.gpus),
+            memory_mib=settings.memory_mib or psutil.virtual_memory().total // 2**20,
+            gpus=discover_gpus(settings.gpus),
             max_tasks=settings.max_tasks,
         )
         self._children: dict[int, int | None] = {}  # pid -> pidfd of the tasks we spawned
@@ -262,7 +261,7 @@ class LocalExecutor(Executor):
         else:
             _check_program(argv[0], env.get("PATH", os.defpath), cwd)
         pid = self._spawn(argv, env, cwd, log_path, exit_path)
-        handle.update(pid=pid, start_ticks=(_proc_stat(pid) or ("", 0))[1])
+        handle["pid"], handle["start_ticks"] = pid, (_proc_stat(pid) or ("", 0))[1]
         started = StartedTask(index=task.index, pid=pid, node=self._node, handle=handle)
         if not pulling:
             return started
@@ -328,11 +327,11 @@ class LocalExecutor(Executor):
             self._stopping.pop(int(handle["pid"]), None)
             self.wakeup()
 
-    def _handle(self, placement: Placement, task: TaskPlacement) -> Handle:
+    def _handle(self, placement: Placement, task: TaskPlacement) -> LocalHandle:
         """A task's handle before its spawn: every path in it follows from the job and task
         (so a restarted server finds them again), and its key is the one in the task's env."""
         log_dir = self._logs_dir / str(placement.job_id)
-        handle: Handle = {
+        handle: LocalHandle = {
             "pid": 0,
             "start_ticks": 0,
             "log": str(log_dir / f"{task.name}.log"),
@@ -347,7 +346,7 @@ class LocalExecutor(Executor):
             fields = containers.handle_fields(
                 runtime, image, placement.job_id, task.name, home, files
             )
-            handle.update(fields)
+            return {**handle, **fields}
         return handle
 
     def _spawn(
@@ -382,7 +381,7 @@ class LocalExecutor(Executor):
         handle = self._handle(start.placement, task)
         supervisor = found.supervisors.get(os.fsencode(handle["exit"]))
         if supervisor is not None:
-            handle.update(pid=supervisor[0], start_ticks=supervisor[1])
+            handle["pid"], handle["start_ticks"] = supervisor[0], supervisor[1]
         elif not (
             _modified_since(handle["exit"], start.since - _EXIT_FILE_SLACK)
             or found.members.get(_key(handle) or ("", "", ""))

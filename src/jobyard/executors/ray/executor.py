@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from jobyard.config import EnvironmentSpec, Settings
+from jobyard.config import EnvironmentSpec, RayExecutorSettings
 from jobyard.errors import ExecutorUnavailable
 from jobyard.executors.base import (
     Capacity,
@@ -46,6 +46,7 @@ from jobyard.executors.base import (
     TaskReport,
 )
 from jobyard.executors.environment import catalog_entry
+from jobyard.executors.handles import RayHandle
 from jobyard.executors.ray.client import RayClient, RayJob, RayRefused, Unreachable
 from jobyard.executors.ray.status import capacity_of, driver_output, report_of, was_killed
 from jobyard.executors.ray.submission import (
@@ -66,8 +67,9 @@ _STOP_ATTEMPTS = 5
 
 class RayExecutor(Executor):
     kind: ClassVar[str] = "ray"
+    settings_type: ClassVar[type[RayExecutorSettings]] = RayExecutorSettings
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RayExecutorSettings) -> None:
         self._settings = settings
         self._ray = settings.ray
         token = settings.ray.token.get_secret_value() if settings.ray.token else None
@@ -205,7 +207,7 @@ class RayExecutor(Executor):
         """Where the task's log and exit files go (beside the other executors' ones)."""
         return self._logs_dir / str(placement.job_id) / placement.tasks[0].name
 
-    def _handle(self, placement: Placement, sid: str, log_base: int) -> Handle:
+    def _handle(self, placement: Placement, sid: str, log_base: int) -> RayHandle:
         path = self._files_of(placement)
         return {
             "submission_id": sid,

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from jobyard.config import EnvironmentSpec, Settings
+from jobyard.config import EnvironmentSpec, SlurmExecutorSettings
 from jobyard.errors import Conflict, ExecutorRefused, ExecutorUnavailable
 from jobyard.executors import containers
 from jobyard.executors.base import (
@@ -48,6 +48,7 @@ from jobyard.executors.base import (
     TaskReport,
 )
 from jobyard.executors.environment import catalog_entry, task_environment
+from jobyard.executors.handles import ContainerFields, SlurmHandle
 from jobyard.executors.slurm import parse
 from jobyard.executors.slurm.commands import Result, Tools
 from jobyard.executors.slurm.script import (
@@ -88,9 +89,10 @@ class _Gathered:
 
 class SlurmExecutor(Executor):
     kind: ClassVar[str] = "slurm"
+    settings_type: ClassVar[type[SlurmExecutorSettings]] = SlurmExecutorSettings
     capabilities: ClassVar[frozenset[str]] = frozenset({"shell"})
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: SlurmExecutorSettings) -> None:
         self._settings = settings
         self._slurm = settings.slurm
         self._tools = Tools(settings.slurm)
@@ -232,22 +234,22 @@ class SlurmExecutor(Executor):
                 pid=None,
                 node=self._node,
                 waiting=True,
-                handle={
-                    "slurm_job_id": slurm_id,
-                    "name": name,
-                    "task": task.index,
-                    "log": f"{path}.log",
-                    "exit": f"{path}.exit",
-                    "node_file": f"{path}.node",
-                    "batch_log": f"{str(files[0])[:-1]}batch.log" if len(files) > 1 else None,
-                    "cwd": str(cwd),
+                handle=SlurmHandle(
+                    slurm_job_id=slurm_id,
+                    name=name,
+                    task=task.index,
+                    log=f"{path}.log",
+                    exit=f"{path}.exit",
+                    node_file=f"{path}.node",
+                    batch_log=f"{str(files[0])[:-1]}batch.log" if len(files) > 1 else None,
+                    cwd=str(cwd),
                     **self._container_fields(placement, task.name, path),
-                },
+                ),
             )
             for task, path in zip(placement.tasks, files, strict=True)
         ]
 
-    def _container_fields(self, placement: Placement, task: str, path: Path) -> dict[str, Any]:
+    def _container_fields(self, placement: Placement, task: str, path: Path) -> ContainerFields:
         image = containers.container_image(self._settings, placement.spec)
         if image is None:
             return {}
