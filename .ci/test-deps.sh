@@ -46,6 +46,8 @@ need "chromium" "chromium" "the dashboard's browser tests"
 need "npm" "npm" "the dashboard's terminal tab tests (xterm.js comes from npm)"
 need "podman docker-registry busybox" "podman catatonit docker-registry busybox-static" \
   "the container tests (tests/integration/test_containers.py)"
+need "htpasswd" "apache2-utils" \
+  "the private registry tests (tests/integration/test_registry_credentials.py: a bcrypt htpasswd)"
 
 # Can podman run a container with this machine's defaults? Some VMs cannot: crun fails on a hybrid
 # cgroup hierarchy, and a root without CAP_SYS_RESOURCE cannot raise the open-files limit to

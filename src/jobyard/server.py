@@ -31,6 +31,7 @@ from jobyard.metrics import Metrics
 from jobyard.scheduler.reconciler import Reconciler
 from jobyard.service import AuthService, JobService, LogService, figures
 from jobyard.service.access import AccessService
+from jobyard.service.registries import RegistryService
 from jobyard.service.usage import UsageService
 from jobyard.store.db import Database, migrate
 
@@ -51,6 +52,7 @@ class Runtime:
     gateway: Gateway
     metrics: Metrics
     usage: UsageService
+    registries: RegistryService
 
     async def close(self) -> None:
         await self.executor.close()
@@ -136,6 +138,7 @@ def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
         gateway,
         metrics,
         usage,
+        RegistryService(db),
     )
 
 
@@ -257,6 +260,7 @@ def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> F
         access=runtime.access,
         metrics=runtime.metrics,
         usage=runtime.usage,
+        registries=runtime.registries,
         lifespan=lifespan,
         max_request_bytes=runtime.settings.max_request_bytes,
         terminal_token_ttl=runtime.settings.terminal_token_ttl_seconds,

@@ -36,6 +36,8 @@ from tests.helpers import make_settings
 PODMAN = shutil.which("podman")
 BUSYBOX = shutil.which("busybox")
 REGISTRY = shutil.which("docker-registry")
+HTPASSWD = shutil.which("htpasswd")
+NO_HTPASSWD = "no htpasswd for a registry that asks for a login (apt-get install apache2-utils)"
 
 
 def _why_skip() -> str | None:
@@ -106,13 +108,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _registry(storage: Path) -> Iterator[str]:
+def _registry(storage: Path, htpasswd: Path | None = None) -> Iterator[str]:
+    """A registry on a free loopback port; with `htpasswd`, one that asks for a login (basic
+    auth, which distribution serves over plain HTTP too)."""
     port = _free_port()
     config = storage / "config.yml"
+    auth = (
+        f"auth:\n  htpasswd:\n    realm: jobyard-test\n    path: {htpasswd}\n" if htpasswd else ""
+    )
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
     proc = subprocess.Popen(
         [REGISTRY or "docker-registry", "serve", str(config)],
@@ -158,6 +165,40 @@ def session_images() -> Iterator[Images]:
                 yield Images(local=local, remote=remote, registry=registry, names=(local, remote))
             finally:
                 podman("rmi", "-f", local, remote, check=False)
+
+
+@dataclass(frozen=True)
+class PrivateImage:
+    """An image in a registry of its own that pulls only with `username` and `password`."""
+
+    image: str
+    registry: str
+    username: str
+    password: str
+
+
+@contextlib.contextmanager
+def private_image(images: Images) -> Iterator[PrivateImage]:
+    """The session's local image pushed to a registry that asks for a login (bcrypt htpasswd),
+    and not in the local store: a job with it pulls it, or fails to."""
+    if HTPASSWD is None:
+        pytest.skip(NO_HTPASSWD)
+    username, password = "alice-at-registry", "pw-" + uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="jobyard-private-") as tmp:
+        htpasswd = Path(tmp) / "htpasswd"
+        subprocess.run(
+            [HTPASSWD, "-Bbc", str(htpasswd), username, password], check=True, capture_output=True
+        )
+        (Path(tmp) / "registry").mkdir()
+        with _registry(Path(tmp) / "registry", htpasswd) as registry:
+            image = f"{registry}/private/busybox:1"
+            login = f"--creds={username}:{password}"
+            podman("push", "-q", "--tls-verify=false", login, images.local, image)
+            podman("rmi", "-f", image, check=False)
+            try:
+                yield PrivateImage(image, registry, username, password)
+            finally:
+                podman("rmi", "-f", image, check=False)
 
 
 def container_settings(home: Path, **overrides: Any) -> Settings:

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import shlex
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from jobyard.config import ContainerRuntimeArgs, EnvironmentSpec, Settings
 from jobyard.errors import ExecutorRefused
 from jobyard.executors import containers
 from jobyard.executors.base import StartFailed, TaskReport
 from jobyard.model import JobSpec, PendingReason, TaskState, TerminationReason
+from jobyard.model.registry import (
+    RegistryLogin,
+    login_for,
+    normalize_registry,
+    registry_of,
+    registry_problem,
+)
 
 PODMAN = containers.Runtime("podman", ("/usr/bin/podman", "--runtime", "runc"), ("--ulimit", "x"))
 DOCKER = containers.Runtime("docker", ("/usr/bin/docker",))
@@ -263,3 +276,183 @@ def test_the_node_script_of_a_slurm_task() -> None:
     assert script.rstrip().endswith('exit "$_jobyard_rc"')
     docker = containers.node_script(containers.Runtime("docker", ("docker",)), task, pull_timeout=3)
     assert "docker image inspect" in docker and "passthrough" not in docker
+
+
+# ---- registry logins: which registry, the auth file, the pull's argv -------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "host"),
+    [
+        ("busybox", "docker.io"),
+        ("library/busybox:1", "docker.io"),
+        ("team/app", "docker.io"),
+        ("docker.io/library/python:3.11", "docker.io"),
+        ("index.docker.io/x/y", "docker.io"),
+        ("127.0.0.1:5000/jobyard-test/busybox:1", "127.0.0.1:5000"),
+        ("localhost/a/b", "localhost"),
+        ("Registry.Example.com/a/b@sha256:" + "0" * 64, "registry.example.com"),
+        ("[::1]:5000/x/y:z", "[::1]:5000"),
+    ],
+)
+def test_an_image_s_registry_is_distribution_s(image: str, host: str) -> None:
+    assert registry_of(image) == host
+
+
+def test_a_registry_named_by_a_user_is_its_host() -> None:
+    assert normalize_registry("https://index.docker.io/v1/") == "docker.io"
+    assert normalize_registry(" HTTP://Reg.Example:5000/ ") == "reg.example:5000"
+    assert registry_problem("reg.example:5000") is None
+    assert registry_problem("[::1]:5000") is None
+    for bad in ("", "a b", "x:port", "-bad.example", "a" * 300):
+        assert registry_problem(normalize_registry(bad)) is not None, bad
+
+
+def _login(registry: str = "127.0.0.1:5000") -> RegistryLogin:
+    return RegistryLogin(registry=registry, username="alice", password=SecretStr("p@ss:w rd"))
+
+
+def test_the_login_for_an_image_is_its_registry_s_only() -> None:
+    logins = [_login("reg.example"), _login("127.0.0.1:5000")]
+    assert login_for("127.0.0.1:5000/x/y:1", logins) == logins[1]
+    assert login_for("127.0.0.1:5001/x/y:1", logins) is None
+    assert login_for("busybox", logins) is None
+    assert "p@ss" not in repr(_login()) and "p@ss" not in str(_login().model_dump())
+
+
+def test_the_auth_file_is_private_and_in_containers_auth_format(tmp_path: Path) -> None:
+    folder = tmp_path / "t.auth"
+    folder.mkdir()
+    (folder / "stale").write_text("an earlier attempt's")
+    path = containers.write_auth(folder, PODMAN, _login())
+    assert path == folder / "config.json" and sorted(os.listdir(folder)) == ["config.json"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    auths = json.loads(path.read_text())["auths"]
+    assert base64.b64decode(auths["127.0.0.1:5000"]["auth"]) == b"alice:p@ss:w rd"
+    hub = json.loads(containers.auth_file_text(DOCKER, _login("docker.io")))["auths"]
+    assert list(hub) == ["https://index.docker.io/v1/"]  # where docker looks for Docker Hub's
+    containers.forget_auth({"auth_dir": str(folder)})
+    assert not folder.exists()
+
+
+def test_the_pull_passes_the_auth_file_and_the_script_removes_it(tmp_path: Path) -> None:
+    auth = tmp_path / "t.auth" / "config.json"
+    image = "127.0.0.1:5000/x/busybox:1"
+    podman = containers.Runtime("podman", ("/usr/bin/podman",), pull_args=("--tls-verify=false",))
+    assert containers.pull_command(podman, image, auth) == [
+        "/usr/bin/podman",
+        "pull",
+        "--authfile",
+        str(auth),
+        "--tls-verify=false",
+        image,
+    ]
+    assert containers.pull_command(DOCKER, image, auth) == [
+        "/usr/bin/docker",
+        "--config",
+        str(auth.parent),
+        "pull",
+        image,
+    ]
+    assert containers.pull_command(DOCKER, image, None) == ["/usr/bin/docker", "pull", image]
+    files = containers.PullFiles(tmp_path / "t.pull-state", tmp_path / "t.pull")
+    script = containers.launch_script(
+        PODMAN, _task(), cdi=False, pull=files, pull_timeout=60, log=tmp_path / "t.log", auth=auth
+    )
+    pull, after = script.splitlines()[:2]
+    forget = f"rm -rf {shlex.quote(str(auth.parent))};"
+    assert f"--authfile {shlex.quote(str(auth))}" in pull
+    assert forget in pull.split("||", 1)[1]  # after a failed pull
+    assert after.startswith(forget)  # and after one that worked
+    assert "p@ss" not in script
+
+
+def test_docker_s_command_lines_exactly() -> None:
+    """docker is not running here: its argv is checked word for word instead."""
+    task = _task(gpus=(1, 3))
+    assert containers.run_command(DOCKER, task, cdi=False) == [
+        "/usr/bin/docker",
+        "run",
+        "--rm",
+        "--name",
+        "jobyard-job1-worker-0-abcd1234",
+        "--init",
+        "--network",
+        "host",
+        "--pull",
+        "never",
+        "--label",
+        "jobyard.job-id=1",
+        "--label",
+        "jobyard.task=job1-worker-0",
+        "--env-file",
+        "/data/logs/1/job1-worker-0.env",
+        "--mount",
+        "type=bind,source=/data/jobs/1,destination=/data/jobs/1",
+        "--workdir",
+        "/data/jobs/1",
+        "--gpus",
+        '"device=1,3"',
+        "127.0.0.1:5000/x/busybox:1",
+        "/bin/sh",
+        "-c",
+        "echo hi",
+    ]
+    cdi = containers.run_command(DOCKER, task, cdi=True)
+    assert cdi[cdi.index("/data/jobs/1", cdi.index("--workdir")) + 1 :][:4] == [
+        "--device",
+        "nvidia.com/gpu=1",
+        "--device",
+        "nvidia.com/gpu=3",
+    ]
+    podman = containers.run_command(PODMAN, task, cdi=True)
+    assert "--gpus" not in podman and podman.count("--device") == 2
+    assert containers.exec_command(DOCKER, "c", "/w", None)[2].count("exec /usr/bin/docker exec")
+
+
+@pytest.mark.parametrize(
+    ("name", "pulled"), [("podman", True), ("docker", True), ("podman", False)]
+)
+def test_a_node_s_pull_uses_its_task_s_auth_file_then_removes_it(
+    tmp_path: Path, name: str, pulled: bool
+) -> None:
+    """The script run by a shell, with a stand-in runtime (a shell script) that records its
+    arguments and, for the pull, the auth file it was given."""
+    fake, record = tmp_path / name, tmp_path / "record"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$*" >>{record}\n'
+        'case "$*" in\n'
+        f"  image*) exit {0 if not pulled else 1} ;;\n"
+        f'  *"--authfile "*) cat "$3" >>{record} ;;\n'
+        f'  *"--config "*) cat "$2/config.json" >>{record} ;;\n'
+        "esac\n"
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    files = tmp_path / "logs" / "9"
+    files.mkdir(parents=True)
+    runtime = containers.Runtime(name, (str(fake),))
+    task = containers.NodeTask(
+        image="127.0.0.1:5000/x/y:1",
+        job_id=9,
+        home=tmp_path,
+        files_dir=files,
+        cwd=tmp_path,
+        env_file=files / "container.env",
+        argv=("true",),
+        grace=1,
+    )
+    containers.write_auth(files / "job9-worker-0.auth", runtime, _login())
+    script = containers.node_script(runtime, task, pull_timeout=30, auth=True)
+    env = {"PATH": os.environ["PATH"], "JOBYARD_TASK_NAME": "job9-worker-0"}
+    done = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    said = record.read_text()
+    assert ('"auths"' in said) is pulled  # the pull read the auth file
+    if pulled and name == "podman":
+        assert f"pull --authfile {files}/job9-worker-0.auth/config.json 127.0.0.1:5000" in said
+    if pulled and name == "docker":
+        assert f"--config {files}/job9-worker-0.auth pull 127.0.0.1:5000" in said
+    assert not (files / "job9-worker-0.auth").exists()  # gone, pulled or not

@@ -15,6 +15,7 @@ from jobyard.api.limits import RequestSizeLimit
 from jobyard.api.metrics import RequestMetrics, router as metrics_router
 from jobyard.api.native.access import router as access_router
 from jobyard.api.native.admin import router as admin_router
+from jobyard.api.native.registries import router as registries_router
 from jobyard.api.native.routes import router as native_router
 from jobyard.api.native.scheduling import router as scheduling_router
 from jobyard.api.native.usage import router as usage_router
@@ -26,6 +27,7 @@ from jobyard.api.training import render_problem as render_training, router as tr
 from jobyard.metrics import Metrics
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.access import AccessService
+from jobyard.service.registries import RegistryService
 from jobyard.service.usage import UsageService
 from jobyard.web import (
     WebSocketOriginCheck,
@@ -48,6 +50,7 @@ def create_app(
     access: AccessService | None = None,
     metrics: Metrics | None = None,
     usage: UsageService | None = None,
+    registries: RegistryService | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="jobyard",
@@ -64,11 +67,13 @@ def create_app(
     app.state.logs = logs
     app.state.terminals = TerminalTokens(terminal_token_ttl)
     app.state.access = access
+    app.state.registries = registries  # None: registry logins are not served here
     app.state.usage = usage  # None: no usage figures (a 404 naming "usage")
     app.state.metrics = metrics = metrics or Metrics()
     install_error_handlers(app)
     app.include_router(native_router)
     app.include_router(access_router)
+    app.include_router(registries_router)
     app.include_router(paas_router)
     register_face_errors(app, "/v1/job", render_paas)
     app.include_router(training_router)

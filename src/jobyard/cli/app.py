@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jobyard.cli import access, admin, jobs, scheduling, usage
+from jobyard.cli import access, admin, jobs, registries, scheduling, usage
 from jobyard.cli.session import ReportingGroup, Target
 
 app = typer.Typer(
@@ -93,6 +93,7 @@ app.command()(scheduling.pools)
 app.command()(scheduling.queues)
 app.add_typer(admin.user_app, name="user")
 app.add_typer(admin.token_app, name="token")
+app.add_typer(registries.registry_app, name="registry")
 
 
 def main() -> None:

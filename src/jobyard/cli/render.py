@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobyard.client import Event, Job, JobState, Task
-from jobyard.client.models import Pool, Queue, Token, UserInfo
+from jobyard.client.models import Pool, Queue, RegistryCredential, Token, UserInfo
 
 _STATE_STYLES = {
     JobState.QUEUED: "yellow",
@@ -230,6 +230,18 @@ def tokens_table(tokens: list[Token]) -> Table:
             _token_state(token),
             when(token.created_at),
             when(token.expires_at),
+        )
+    return table
+
+
+def registries_table(logins: Iterable[RegistryCredential]) -> Table:
+    table = _table("REGISTRY", "USERNAME", "CREATED", "UPDATED")
+    for login in logins:
+        table.add_row(
+            Text(login.registry),
+            Text(login.username),
+            when(login.created_at),
+            when(login.updated_at),
         )
     return table
 

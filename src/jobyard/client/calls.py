@@ -27,6 +27,8 @@ from jobyard.client.models import (
     NewUser,
     Pool,
     Queue,
+    RegistryCredential,
+    RegistryCredentialList,
     Resources,
     Token,
     TokenList,
@@ -244,6 +246,25 @@ def list_tokens(user: str | None) -> Call[list[Token]]:
 
 def revoke_token(token_id: int) -> Call[Token]:
     return Call("DELETE", f"/tokens/{int(token_id)}", _model(Token))
+
+
+def set_registry_credential(
+    registry: str, username: str, password: str
+) -> Call[RegistryCredential]:
+    body = {"registry": registry, "username": username, "password": password}
+    return Call("POST", "/registry-credentials", _model(RegistryCredential), body=body)
+
+
+def list_registry_credentials() -> Call[list[RegistryCredential]]:
+    return Call(
+        "GET",
+        "/registry-credentials",
+        lambda response: _model(RegistryCredentialList)(response).items,
+    )
+
+
+def remove_registry_credential(registry: str) -> Call[None]:
+    return Call("DELETE", f"/registry-credentials/{quote(registry, safe='')}", _nothing)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

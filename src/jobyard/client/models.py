@@ -221,3 +221,17 @@ class NewToken(Token):
 
 class TokenList(_Model):
     items: list[Token]
+
+
+class RegistryCredential(_Model):
+    """A registry login of yours as listed: the registry and the username, never the
+    password (the server uses it for your jobs' pulls from that registry only)."""
+
+    registry: str
+    username: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class RegistryCredentialList(_Model):
+    items: list[RegistryCredential]

@@ -37,6 +37,7 @@ from jobyard.client.models import (
     NewUser,
     Pool,
     Queue,
+    RegistryCredential,
     Token,
     User,
     UserInfo,
@@ -285,6 +286,19 @@ class Client:
     def revoke_token(self, token_id: int) -> Token:
         return self._send(calls.revoke_token(token_id))
 
+    def set_registry_credential(
+        self, registry: str, username: str, password: str
+    ) -> RegistryCredential:
+        """Store your login to `registry` (host[:port]), replacing the one you had there: your
+        jobs' images from that registry are pulled with it. The answer never has the password."""
+        return self._send(calls.set_registry_credential(registry, username, password))
+
+    def list_registry_credentials(self) -> builtins.list[RegistryCredential]:
+        return self._send(calls.list_registry_credentials())
+
+    def remove_registry_credential(self, registry: str) -> None:
+        self._send(calls.remove_registry_credential(registry))
+
     def close(self) -> None:
         self._http.close()
 
@@ -474,6 +488,17 @@ class AsyncClient:
 
     async def revoke_token(self, token_id: int) -> Token:
         return await self._send(calls.revoke_token(token_id))
+
+    async def set_registry_credential(
+        self, registry: str, username: str, password: str
+    ) -> RegistryCredential:
+        return await self._send(calls.set_registry_credential(registry, username, password))
+
+    async def list_registry_credentials(self) -> builtins.list[RegistryCredential]:
+        return await self._send(calls.list_registry_credentials())
+
+    async def remove_registry_credential(self, registry: str) -> None:
+        await self._send(calls.remove_registry_credential(registry))
 
     async def aclose(self) -> None:
         await self._http.aclose()

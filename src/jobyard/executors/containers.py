@@ -16,8 +16,10 @@ container lives under conmon, outside the supervisor's session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import json
 import math
 import os
 import re
@@ -37,6 +39,7 @@ from jobyard.errors import ExecutorRefused
 from jobyard.executors.base import Handle, ShellCommand, StartFailed, TaskReport
 from jobyard.executors.handles import ContainerFields, SavedRuntime
 from jobyard.model import JobSpec, PendingReason, TaskState, TerminationReason
+from jobyard.model.registry import DOCKER_HUB, RegistryLogin
 
 RUNTIMES = ("podman", "docker")
 LABEL_JOB = "jobyard.job-id"
@@ -248,6 +251,50 @@ def run_command(runtime: Runtime, task: ContainerTask, *, cdi: bool) -> list[str
     return runtime.command(*words, *runtime.run_args, task.image, *task.argv)
 
 
+# ---- a pull's registry login -------------------------------------------------------------------
+# The job owner's login to the image's registry goes to an auth file for that pull alone: in a
+# directory of its own (mode 0700) beside the task's log, the file mode 0600, in the format
+# both runtimes read (containers-auth.json(5), docker's config.json), passed by `--authfile`
+# (podman) or `--config <dir>` (docker), and removed by the launch script once the pull ends
+# (by a stop or a release where the pull never ended). Never in an argv, an env or a log.
+
+AUTH_FILE = "config.json"  # the name docker looks for in its --config directory
+_DOCKER_HUB_KEY = "https://index.docker.io/v1/"  # where docker looks for Docker Hub's login
+
+
+def auth_file_text(runtime: Runtime, login: RegistryLogin) -> str:
+    """The auth file of one login: {"auths": {<registry>: {"auth": base64(user:password)}}}."""
+    pair = f"{login.username}:{login.password.get_secret_value()}".encode()
+    key = login.registry
+    if runtime.name == "docker" and key == DOCKER_HUB:
+        key = _DOCKER_HUB_KEY
+    return json.dumps({"auths": {key: {"auth": base64.b64encode(pair).decode()}}})
+
+
+def write_auth(folder: Path, runtime: Runtime, login: RegistryLogin) -> Path:
+    """Write the login's auth file in a fresh private `folder`; the file's path."""
+    remove_auth(folder)
+    folder.mkdir(mode=0o700)
+    path = folder / AUTH_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(auth_file_text(runtime, login))
+    return path
+
+
+def remove_auth(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def pull_command(runtime: Runtime, image: str, auth: Path | None) -> list[str]:
+    """`<runtime> pull`, with the auth file of the pull's login where there is one."""
+    if auth is None:
+        return runtime.command("pull", *runtime.pull_args, image)
+    if runtime.name == "docker":  # a global option: the directory that holds config.json
+        return [*runtime.argv, "--config", str(auth.parent), "pull", *runtime.pull_args, image]
+    return runtime.command("pull", "--authfile", str(auth), *runtime.pull_args, image)
+
+
 @dataclass(frozen=True)
 class PullFiles:
     """Beside a task's log: `state` holds "pulling" while its image is pulled (written before
@@ -265,22 +312,25 @@ def launch_script(
     pull: PullFiles | None,
     pull_timeout: float,
     log: Path,
+    auth: Path | None = None,
 ) -> str:
     """The shell script a container task runs under its supervisor (its output goes to the
     task's `log`): the pull (when the image is not here), then `<runtime> run`. A failed pull
-    writes "failed" to the state file and exits 125; the run's own exit code is the task's."""
+    writes "failed" to the state file and exits 125; the run's own exit code is the task's.
+    `auth`: the pull's auth file (write_auth), whose directory goes once the pull ends."""
     lines = []
     if pull is not None:
         state, output = shlex.quote(str(pull.state)), shlex.quote(str(pull.log))
         limit = ""
         if shutil.which("timeout"):
             limit = f"timeout --foreground -k 10 {math.ceil(pull_timeout)} "
-        pulling = _words(runtime.command("pull", *runtime.pull_args, task.image))
+        pulling = _words(pull_command(runtime, task.image, auth))
+        forget = f"rm -rf {shlex.quote(str(auth.parent))}; " if auth is not None else ""
         lines += [
             f"{limit}{pulling} >{output} 2>&1 </dev/null || {{ "
-            f"printf 'jobyard: the pull exited with code %s\\n' \"$?\" >>{output}; "
+            f"printf 'jobyard: the pull exited with code %s\\n' \"$?\" >>{output}; {forget}"
             f"printf 'failed\\n' >{state}; exit {PULL_FAILED_CODE}; }}",
-            f"rm -f {state} {output}",
+            f"{forget}rm -f {state} {output}",
         ]
     if runtime.name == "docker":  # podman has --replace: a container a crash left goes first
         lines.append(f"{_words(runtime.command('rm', '-f', task.name))} >/dev/null 2>&1")
@@ -459,8 +509,12 @@ class NodeTask:
     grace: float
 
 
-def node_script(runtime: Runtime, task: NodeTask, *, pull_timeout: float) -> str:
-    """The script each task of `task` runs on its node, under the Slurm supervisor."""
+def node_script(
+    runtime: Runtime, task: NodeTask, *, pull_timeout: float, auth: bool = False
+) -> str:
+    """The script each task of `task` runs on its node, under the Slurm supervisor. `auth`:
+    each task has an auth file (write_auth) in <files_dir>/<task name>.auth, which its pull
+    uses and which goes once the image is there (pulled or not), or the pull failed."""
     r = _words(runtime.command())
     image, files = shlex.quote(task.image), shlex.quote(str(task.files_dir))
     cwd = str(task.cwd)
@@ -469,6 +523,14 @@ def node_script(runtime: Runtime, task: NodeTask, *, pull_timeout: float) -> str
     exists = "image exists" if runtime.name == "podman" else "image inspect"
     limit = f"timeout --foreground -k 10 {math.ceil(pull_timeout)} "
     pull = _words(runtime.command("pull", *runtime.pull_args, task.image))
+    forget = ""
+    if auth:  # the path is the task's own, known on the node: a variable, not a word
+        at = '"$_jobyard_a"'
+        pulling = [*runtime.argv, "--config", at, "pull"] if runtime.name == "docker" else []
+        pulling = pulling or [*runtime.argv, "pull", "--authfile", f"{at}/{AUTH_FILE}"]
+        rest = _words([*runtime.pull_args, task.image])
+        pull = " ".join(w if w.startswith(at) else shlex.quote(w) for w in pulling) + f" {rest}"
+        forget = 'rm -rf "$_jobyard_a"; '
     marks = [
         f"--label {LABEL_JOB}={task.job_id}",
         f'--label {LABEL_TASK}="$JOBYARD_TASK_NAME"',
@@ -483,15 +545,18 @@ def node_script(runtime: Runtime, task: NodeTask, *, pull_timeout: float) -> str
         f'_jobyard_o={files}/"$JOBYARD_TASK_NAME".pull',
         f'_jobyard_l={files}/"$JOBYARD_TASK_NAME".log',
         f'_jobyard_c=jobyard-"$JOBYARD_TASK_NAME"-{home_tag(task.home)}',
+        f'_jobyard_a={files}/"$JOBYARD_TASK_NAME".auth',
         f"if ! {r} {exists} {image} >/dev/null 2>&1; then",
         "  printf 'pulling\\n' >\"$_jobyard_s\"",
         "  command -v timeout >/dev/null || _jobyard_t=; "
         f'{{ ${{_jobyard_t-{limit}}}{pull} >"$_jobyard_o" 2>&1 </dev/null || {{ '
-        'printf \'jobyard: the pull exited with code %s\\n\' "$?" >>"$_jobyard_o"; '
+        f'printf \'jobyard: the pull exited with code %s\\n\' "$?" >>"$_jobyard_o"; {forget}'
         f"printf 'failed\\n' >\"$_jobyard_s\"; exit {PULL_FAILED_CODE}; }}; }}",
         '  rm -f "$_jobyard_s" "$_jobyard_o"',
         "fi",
     ]
+    if forget:
+        lines.append(forget.rstrip("; "))
     if runtime.name == "docker":
         lines.append(f'{r} rm -f "$_jobyard_c" >/dev/null 2>&1')
     lines += [
@@ -548,6 +613,7 @@ def handle_fields(
         "env_file": f"{files}.env",
         "pull_state": f"{files}.pull-state",
         "pull_log": f"{files}.pull",
+        "auth_dir": f"{files}.auth",
     }
 
 
@@ -612,6 +678,13 @@ async def stop_task(handle: Handle, grace: float, *, alive: Callable[[], bool]) 
             proc.kill()
     if runtime is not None:
         await asyncio.to_thread(remove_containers, runtime, [handle["container"]])
+    forget_auth(handle)
+
+
+def forget_auth(handle: Handle) -> None:
+    """Remove the task's auth file, where a pull that never ended (a stop) left it."""
+    if "auth_dir" in handle:
+        remove_auth(Path(handle["auth_dir"]))
 
 
 def remove_leftovers(handle: Handle) -> int:

@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
 )
 
+from jobyard.model.registry import RegistryLogin
 from jobyard.model.state import JobState
 
 MAX_ENTRYPOINT_BYTES = 64 * 1024
@@ -389,3 +390,6 @@ class Placement(BaseModel):
     spec: JobSpec
     tasks: list[TaskPlacement]
     master_port: int | None = None
+    # The owner's registry logins (model/registry.py), for the pull of a container image: set
+    # by the scheduler as it starts the job, never stored, never dumped or shown.
+    registry_logins: list[RegistryLogin] = Field(default_factory=list, exclude=True, repr=False)

@@ -35,7 +35,7 @@ from jobyard.scheduler import enforce, observe, start
 from jobyard.scheduler.policy import Candidate, Plan, plan
 from jobyard.scheduler.retry import RetryPolicy
 from jobyard.scheduler.view import LiveView
-from jobyard.store import jobs as q, scheduling as sq
+from jobyard.store import jobs as q, registries, scheduling as sq
 from jobyard.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -337,12 +337,21 @@ class Reconciler:
         """One job's start; whatever it raises fails that job alone, never the pass (the other
         jobs of the pass are starting beside it)."""
         try:
+            placement = await self._with_logins(placement)
             return start.Started(placement, await self._executor.start(placement))
         except JobyardError as exc:  # StartFailed, ExecutorRefused
             return start.Started(placement, [], exc.message)
         except Exception as exc:
             log.exception("the executor failed to start job %d", placement.job_id)
             return start.Started(placement, [], f"the executor failed to start the job: {exc!r}")
+
+    async def _with_logins(self, placement: Placement) -> Placement:
+        """A job that may run in a container gets its owner's registry logins, for the pull
+        of its image (model/registry.py); only its owner's, and they are never stored."""
+        if not (placement.spec.image or self._settings.default_image):
+            return placement
+        logins = await self._db.read(partial(registries.logins_of_owner, owner=placement.owner))
+        return placement.model_copy(update={"registry_logins": logins}) if logins else placement
 
 
 def _record_reattached(conn: Connection, now: float) -> None:

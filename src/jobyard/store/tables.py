@@ -56,6 +56,24 @@ class UserKeyRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class RegistryCredentialRow(Base):
+    """A user's login to a container registry (service/registries.py): one per user and
+    registry host. The password is read only to write a pull's auth file; never shown."""
+
+    __tablename__ = "registry_credentials"
+    __table_args__ = (
+        UniqueConstraint("user_id", "host", name="uq_registry_credentials_user_host"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(255))  # the registry, host[:port]
+    username: Mapped[str] = mapped_column(String(255))
+    password: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (

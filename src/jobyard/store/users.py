@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from jobyard.model import JobState
-from jobyard.store.tables import JobRow, TokenRow, UserRow
+from jobyard.store.tables import JobRow, RegistryCredentialRow, TokenRow, UserRow
 
 _LIVE = [state.value for state in JobState if not state.is_terminal()]
 
@@ -82,8 +82,10 @@ def list_users(conn: Connection) -> list[UserInfo]:
 
 
 def delete_user(conn: Connection, user_id: int) -> None:
-    """The user and (by cascade, and explicitly for databases without it) their tokens."""
+    """The user and (by cascade, and explicitly for databases without it) their tokens and
+    registry logins."""
     conn.execute(delete(TokenRow).where(TokenRow.user_id == user_id))
+    conn.execute(delete(RegistryCredentialRow).where(RegistryCredentialRow.user_id == user_id))
     conn.execute(delete(UserRow).where(UserRow.id == user_id))
 
 

@@ -50,6 +50,7 @@ from jobyard.executors.local.gpus import discover_gpus
 from jobyard.executors.spawn import descendants, exit_code, signal_group, spawn_session
 from jobyard.model import JobSpec, PendingReason, Placement, TaskState
 from jobyard.model.job import TaskPlacement
+from jobyard.model.registry import login_for
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ class LocalExecutor(Executor):
         self._exited.pop(pid, None)
         if pid in self._children:
             self._forgotten.add(pid)  # still running: reap it when it exits, then forget it
+        containers.forget_auth(handle)
         if remove_files:
             for key in ("log", "exit", "env_file", "pull_state", "pull_log"):
                 with contextlib.suppress(OSError, KeyError):
@@ -288,8 +290,12 @@ class LocalExecutor(Executor):
         pull = (seen is None or time.monotonic() - seen > 60) and not containers.image_present(
             runtime, image
         )
+        auth = None
         if pull:
             files.state.write_text("pulling\n")
+            login = login_for(image, placement.registry_logins)
+            if login is not None:  # for this pull alone: the script removes it once it ends
+                auth = containers.write_auth(Path(handle["auth_dir"]), runtime, login)
         else:
             self._images[image] = time.monotonic()
         container = containers.ContainerTask(
@@ -308,6 +314,7 @@ class LocalExecutor(Executor):
             pull=files if pull else None,
             pull_timeout=self._settings.container_pull_timeout_seconds,
             log=Path(handle["log"]),
+            auth=auth,
         )
         env = _server_environment()
         env.update({k: variables[k] for k in _KEY_VARIABLES})  # how a restart finds the task

@@ -62,6 +62,7 @@ from jobyard.executors.slurm.script import (
     single_launch,
 )
 from jobyard.model import JobSpec, Placement, TaskState
+from jobyard.model.registry import login_for
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +426,11 @@ class SlurmExecutor(Executor):
             env.pop(name, None)
         containers.write_env_file(task.env_file, env)
         timeout = self._settings.container_pull_timeout_seconds
-        script = containers.node_script(self._node_runtime(image), task, pull_timeout=timeout)
+        runtime, login = self._node_runtime(image), login_for(image, placement.registry_logins)
+        if login is not None:  # one per task: each removes its own once its image is there
+            for path in files:
+                containers.write_auth(Path(f"{path}.auth"), runtime, login)
+        script = containers.node_script(runtime, task, pull_timeout=timeout, auth=login is not None)
         return ["/bin/sh", "-c", script, "jobyard-container"]
 
     # ---- finding what a crash left ------------------------------------------------------------
@@ -704,6 +709,7 @@ class SlurmExecutor(Executor):
         for cache in (self._seen, self._finals, self._names):
             cache.pop(slurm_id, None)
         self._stopped.discard(slurm_id)
+        containers.forget_auth(handle)
         if remove_files:
             keys = ("log", "exit", "node_file", "batch_log", "env_file", "pull_state", "pull_log")
             for key in keys:
