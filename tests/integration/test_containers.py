@@ -341,6 +341,54 @@ async def test_gpus_without_cdi_specs_are_refused_at_start(images: Images, home:
         await ex.close()
 
 
+def test_a_container_job_s_usage_is_its_container_s_processes(images: Images, home: Path) -> None:
+    """The sampler measures the container's processes (under conmon, outside the supervisor's
+    session), and only them: a job holding 64 MiB on a busy core shows both; one that only
+    sleeps shows little memory, not the `podman run` client's (tens of MiB) beside it."""
+    settings = container_settings(home, usage_interval_seconds=0.1)
+    hold = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); while :; do :; done"
+    with running_server(settings) as live, live.client() as http:
+        busy = http.post("/api/v1/jobs", json={"entrypoint": hold, "image": images.local}).json()
+        idle = http.post(
+            "/api/v1/jobs", json={"entrypoint": "sleep 60", "image": images.local}
+        ).json()
+
+        def samples(job: dict[str, Any]) -> list[dict[str, Any]]:
+            found = http.get(f"/api/v1/jobs/{job['id']}/metrics").json()["tasks"][0]
+            return list(found["samples"])
+
+        def holding() -> list[dict[str, Any]]:
+            return [
+                s
+                for s in samples(busy)
+                if s["memory_rss_bytes"] >= 64 * 2**20 and (s["cpu_cores"] or 0) > 0.2
+            ]
+
+        assert wait_for(holding, timeout=30)
+        quiet = wait_for(lambda: samples(idle)[-3:] if len(samples(idle)) >= 3 else None)
+        client = _podman_client_rss(home)
+        assert client > 8 * 2**20  # what counting the supervisor's tree would have added
+        assert all(0 < s["memory_rss_bytes"] < client for s in quiet), (quiet, client)
+        for job in (busy, idle):
+            assert http.post(f"/api/v1/jobs/{job['id']}/stop").status_code == 202
+            live.wait_state(job["id"], "STOPPED", timeout=30)
+    assert gone_in_time(home) == []
+
+
+def _podman_client_rss(home: Path) -> int:
+    """The RSS of the `podman run` clients of this server's tasks (the smallest of them)."""
+    sizes = [
+        p.info["memory_info"].rss
+        for p in psutil.process_iter(["cmdline", "memory_info"])
+        if (p.info["cmdline"] or [])[:1]
+        and "podman" in p.info["cmdline"][0]
+        and "run" in p.info["cmdline"]
+        and f"{containers.LABEL_HOME}={home.resolve()}" in " ".join(p.info["cmdline"])
+    ]
+    assert sizes, "no podman run client found"
+    return min(sizes)
+
+
 # ---- on Slurm: the batch script pulls and runs the container on the node ------------------------
 
 

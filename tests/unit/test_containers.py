@@ -369,8 +369,9 @@ def test_the_pull_passes_the_auth_file_and_the_script_removes_it(tmp_path: Path)
 
 
 def test_docker_s_command_lines_exactly() -> None:
-    """docker is not running here: its argv is checked word for word instead."""
-    task = _task(gpus=(1, 3))
+    """docker is not running here: its argv is checked word for word instead (no --pidfile:
+    docker has none, so a docker container job has no usage figures)."""
+    task = _task(gpus=(1, 3), pid_file=Path("/data/logs/1/job1-worker-0.cpid"))
     assert containers.run_command(DOCKER, task, cdi=False) == [
         "/usr/bin/docker",
         "run",
@@ -408,6 +409,7 @@ def test_docker_s_command_lines_exactly() -> None:
     ]
     podman = containers.run_command(PODMAN, task, cdi=True)
     assert "--gpus" not in podman and podman.count("--device") == 2
+    assert "--pidfile /data/logs/1/job1-worker-0.cpid" in " ".join(podman)
     assert containers.exec_command(DOCKER, "c", "/w", None)[2].count("exec /usr/bin/docker exec")
 
 
@@ -456,3 +458,17 @@ def test_a_node_s_pull_uses_its_task_s_auth_file_then_removes_it(
     if pulled and name == "docker":
         assert f"--config {files}/job9-worker-0.auth pull 127.0.0.1:5000" in said
     assert not (files / "job9-worker-0.auth").exists()  # gone, pulled or not
+
+
+def test_a_container_s_processes_are_those_its_pid_file_names_under_conmon(
+    tmp_path: Path,
+) -> None:
+    """No pid file yet, a pid that is gone, a pid whose parent is not conmon (the container
+    ended and the pid is another's now): none. The conmon case runs in the podman tests."""
+    handle = {"pid_file": str(tmp_path / "t.cpid")}
+    assert containers.container_pids(handle) == []
+    (tmp_path / "t.cpid").write_text(f"{os.getpid()}\n")  # its parent: pytest's, not conmon
+    assert containers.container_pids(handle) == []
+    (tmp_path / "t.cpid").write_text("999999999\n")
+    assert containers.container_pids(handle) == []
+    assert containers.container_pids({}) == []

@@ -193,6 +193,7 @@ class ContainerTask:
     env_file: Path
     gpus: tuple[int, ...]
     argv: tuple[str, ...]
+    pid_file: Path | None = None  # where podman writes the container's first process's pid
 
 
 def env_file_text(env: Mapping[str, str]) -> str:
@@ -245,6 +246,8 @@ def run_command(runtime: Runtime, task: ContainerTask, *, cdi: bool) -> list[str
         words += ["--label", f"{key}={value}"]
     if runtime.name == "podman":  # the log file itself as the container's stdout and stderr
         words += ["--replace", "--log-driver", "passthrough"]
+        if task.pid_file is not None:  # its processes, for the usage sampler (container_pids)
+            words += ["--pidfile", str(task.pid_file)]
     words += ["--env-file", str(task.env_file)]
     words += ["--mount", f"type=bind,source={cwd},destination={cwd}", "--workdir", cwd]
     words += gpu_args(runtime, task.gpus, cdi=cdi)
@@ -614,6 +617,7 @@ def handle_fields(
         "pull_state": f"{files}.pull-state",
         "pull_log": f"{files}.pull",
         "auth_dir": f"{files}.auth",
+        "pid_file": f"{files}.cpid",
     }
 
 
@@ -630,6 +634,23 @@ def runtime_in(handle: Handle) -> Runtime | None:
 
 def pull_files(handle: Handle) -> PullFiles:
     return PullFiles(Path(handle["pull_state"]), Path(handle["pull_log"]))
+
+
+def container_pids(handle: Handle) -> list[int]:
+    """The container's first process (podman's --pidfile: catatonit, under `--init`), whose
+    descendants are the job's processes; [] while there is none, or where the pid is no
+    longer the container's (its parent is not conmon: the container ended, the pid reused).
+    The usage sampler measures these, not the supervisor, whose tree is the launch script and
+    the `podman run` client (the container runs under conmon, outside it)."""
+    try:
+        pid = int(Path(handle["pid_file"]).read_text().strip())
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/comm", "rb") as f:
+            parent = f.read().strip()
+    except (OSError, KeyError, ValueError, IndexError):
+        return []
+    return [pid] if pid > 0 and parent == b"conmon" else []
 
 
 def handle_pulling(handle: Handle) -> bool:

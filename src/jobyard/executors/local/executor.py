@@ -207,9 +207,12 @@ class LocalExecutor(Executor):
         return ShellCommand(argv=argv, env=env, cwd=str(self._working_dir(placement)))
 
     def task_pids(self, handle: Handle) -> Sequence[int]:
-        """The supervisor: it leads the task's session, and the task is its child."""
+        """The supervisor (it leads the task's session, and the task is its child); for a
+        container, the container's first process instead (containers.container_pids)."""
         pid = int(handle.get("pid", 0))
-        return [pid] if pid > 0 and self._owns(handle) else []
+        if pid <= 0 or not self._owns(handle):
+            return []
+        return containers.container_pids(handle) if containers.in_container(handle) else [pid]
 
     def release(self, handle: Handle, *, remove_files: bool) -> None:
         pid = int(handle.get("pid", 0))
@@ -218,7 +221,7 @@ class LocalExecutor(Executor):
             self._forgotten.add(pid)  # still running: reap it when it exits, then forget it
         containers.forget_auth(handle)
         if remove_files:
-            for key in ("log", "exit", "env_file", "pull_state", "pull_log"):
+            for key in ("log", "exit", "env_file", "pull_state", "pull_log", "pid_file"):
                 with contextlib.suppress(OSError, KeyError):
                     os.unlink(handle[key])
             with contextlib.suppress(OSError, KeyError):
@@ -306,6 +309,7 @@ class LocalExecutor(Executor):
             env_file=env_file,
             gpus=tuple(task.gpus),
             argv=tuple(placement.spec.argv()),
+            pid_file=Path(handle["pid_file"]),
         )
         script = containers.launch_script(
             runtime,
