@@ -152,6 +152,16 @@ def test_bad_images_are_refused_naming_the_field(server: LiveServer, home: Path)
             response = http.post("/api/v1/jobs", json={"entrypoint": "true", "image": image})
             assert response.status_code in (400, 422), response.text
             assert response.json()["error"]["field"] == "image"
+        for word in ("busybox", "Pytorch"):  # a plain word is a catalog name, and none is it
+            response = http.post("/api/v1/jobs", json={"entrypoint": "true", "image": word})
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["field"] == "image", error
+            said = error["message"]
+            assert f"{word!r} is not an environment of the catalog" in said, said
+            assert (
+                "1 (host)" in said and "registry" in said and "runs jobs as processes" not in said
+            )
         env = {"entrypoint": "true", "image": "x/y:1", "env": {"A": "1\n2"}}
         response = http.post("/api/v1/jobs", json=env)
         assert response.status_code == 400 and response.json()["error"]["field"] == "env"

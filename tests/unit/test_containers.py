@@ -18,6 +18,7 @@ from jobyard.config import ContainerRuntimeArgs, EnvironmentSpec, Settings
 from jobyard.errors import ExecutorRefused
 from jobyard.executors import containers
 from jobyard.executors.base import StartFailed, TaskReport
+from jobyard.executors.environment import catalog_entry
 from jobyard.model import JobSpec, PendingReason, TaskState, TerminationReason
 from jobyard.model.registry import (
     RegistryLogin,
@@ -458,6 +459,25 @@ def test_a_node_s_pull_uses_its_task_s_auth_file_then_removes_it(
     if pulled and name == "docker":
         assert f"--config {files}/job9-worker-0.auth pull 127.0.0.1:5000" in said
     assert not (files / "job9-worker-0.auth").exists()  # gone, pulled or not
+
+
+def test_a_plain_word_no_entry_is_called_says_what_image_takes(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    for kind in ("local", "slurm", "ray"):
+        with pytest.raises(ExecutorRefused) as info:
+            catalog_entry(settings, JobSpec(entrypoint="true", image="busybox"), kind=kind)
+        said = info.value.message
+        assert info.value.field == "image"
+        assert said.startswith("'busybox' is not an environment of the catalog")
+        assert "1 (host), 2 (py)" in said and "'busybox:latest'" in said
+        assert "runs jobs as processes" not in said  # what it said before, wrongly
+    with pytest.raises(ExecutorRefused) as info:  # not a valid name: no example made of it
+        catalog_entry(settings, JobSpec(entrypoint="true", image="Py_Torch"), kind="local")
+    assert "'Py_Torch:latest'" not in info.value.message
+    with pytest.raises(ExecutorRefused) as info:  # a real image, on a process-only executor
+        catalog_entry(settings, JobSpec(entrypoint="true", image="py"), kind="ray")
+    assert "ray executor runs jobs as processes" in info.value.message
+    assert catalog_entry(settings, JobSpec(entrypoint="true", image="host"), kind="ray") is not None
 
 
 def test_a_container_s_processes_are_those_its_pid_file_names_under_conmon(

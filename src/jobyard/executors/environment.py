@@ -7,6 +7,7 @@ import os
 
 from jobyard.config import EnvironmentSpec, ExecutorSettings
 from jobyard.errors import ExecutorRefused
+from jobyard.executors.containers import looks_like_reference, reference_problem
 from jobyard.model import JobSpec, Placement
 from jobyard.model.job import TaskPlacement
 
@@ -19,6 +20,8 @@ def catalog_entry(
     entry = settings.find_environment(spec.image)
     if spec.image is None and (entry is None or entry.image is not None):
         return None
+    if entry is None and spec.image is not None and not looks_like_reference(spec.image):
+        raise ExecutorRefused(unknown_word(settings, spec.image), field="image")
     if entry is None or entry.image is not None:
         known = ", ".join(f"{e.id} ({e.name})" for e in settings.environments if e.image is None)
         raise ExecutorRefused(
@@ -27,6 +30,21 @@ def catalog_entry(
             field="image",
         )
     return entry
+
+
+def unknown_word(settings: Settings, word: str) -> str:
+    """Why a plain word (no '/', ':' or '@') that no catalog entry is called is refused, and
+    what `image` takes instead: a plain word names a catalog entry only (so a mistyped name is
+    not pulled from a registry), and an image reference says its tag, registry or digest."""
+    entries = ", ".join(f"{e.id} ({e.name})" for e in settings.environments) or "none"
+    tagged = f"{word}:latest"
+    example = f"{tagged!r}, " if reference_problem(tagged) is None else ""
+    return (
+        f"{word!r} is not an environment of the catalog, and a plain word names nothing else; "
+        f"image takes a catalog entry's id or name (here: {entries}) or a container image "
+        f"reference with a tag, a registry or a digest (e.g. {example}'docker.io/library/"
+        "python:3.11', 'registry.example.com:5000/team/tool@sha256:<digest>')"
+    )
 
 
 def task_environment(
