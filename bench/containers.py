@@ -5,8 +5,8 @@ measures what jobyard adds, not a pull) and removed afterwards. Each round runs 
 ways, one at a time, each after the last ended, in a random order:
 
 - `podman run --rm --init --network host <image> true`, timed here, and the very command
-  line jobyard runs for a container task (its name, labels, passthrough log, env file, mount):
-  the anchors;
+  line jobyard runs for a container task (its name, labels, passthrough log, pid file, env
+  file, mount): the anchors;
 - a process job (`{"entrypoint": ["true"]}`) and a container job (the same with `image`),
   each submitted to one jobyard server (container_runtime=podman), its submit -> RUNNING and
   submit -> SUCCEEDED from the job's own state log (server clock).
@@ -89,7 +89,7 @@ def _plain(image: str) -> list[str]:
 
 def _as_jobyard_runs_it(image: str, scratch: Path, n: int) -> list[str]:
     """The command line jobyard runs for a container task (its own options: name, labels,
-    passthrough log, env file, mount, workdir), for a task of its own here."""
+    passthrough log, pid file, env file, mount, workdir), for a task of its own here."""
     env_file = scratch / "task.env"
     env_file.write_text("JOBYARD_JOB_ID=0\n")
     task = runtime.ContainerTask(
@@ -100,6 +100,7 @@ def _as_jobyard_runs_it(image: str, scratch: Path, n: int) -> list[str]:
         env_file=env_file,
         gpus=(),
         argv=("true",),
+        pid_file=scratch / f"task-{n}.cpid",
     )
     return runtime.run_command(runtime.Runtime("podman", ("podman",)), task, cdi=False)
 

@@ -396,7 +396,7 @@ def _podman_client_rss(home: Path) -> int:
         and f"{containers.LABEL_HOME}={home.resolve()}" in " ".join(p.info["cmdline"])
     ]
     assert sizes, "no podman run client found"
-    return min(sizes)
+    return int(min(sizes))
 
 
 # ---- on Slurm: the batch script pulls and runs the container on the node ------------------------

@@ -30,7 +30,9 @@ from sqlalchemy.exc import IntegrityError
 import jobyard.store.db as store_db
 import jobyard.store.gateway as store_gateway
 import jobyard.store.jobs as store_jobs
-from jobyard.errors import Conflict, NotFound
+import jobyard.store.registries as store_registries
+import jobyard.store.users as store_users
+from jobyard.errors import Conflict, InvalidInput, NotFound
 from jobyard.model import (
     TRANSITIONS,
     Event,
@@ -43,6 +45,7 @@ from jobyard.model import (
     event_for,
 )
 from jobyard.service.access import LIVE_STATES
+from jobyard.service.registries import RegistryService
 from jobyard.store.db import Database, make_engines, migrate
 from jobyard.store.jobs import (
     JobFilter,
@@ -1017,3 +1020,47 @@ async def test_users_and_tokens(db: Database) -> None:
     assert hashlib.sha256(b"tok-alice").hexdigest() in stored
     with pytest.raises(IntegrityError):  # a token is unique
         await db.write(partial(add_token, user=root, token="tok-alice", name="dup", now=NOW))
+
+
+# ---- registry logins ----------------------------------------------------------------------------
+
+
+async def test_registry_logins_are_per_user_replaced_listed_without_passwords_and_removed(
+    db: Database,
+) -> None:
+    alice, bob = await db.write(
+        lambda c: [store_users.insert_user(c, n, is_admin=False, now=1.0) for n in ("al", "bo")]
+    )
+    clock = iter(float(t) for t in range(10, 100))
+    service = RegistryService(db, clock=lambda: next(clock))
+    first, new = await service.put(alice, "https://Reg.Example:5000/", "me", "pw-1")
+    assert new and (first.registry, first.username) == ("reg.example:5000", "me")
+    again, new = await service.put(alice, "reg.example:5000", "me2", "pw-2")
+    assert not new and (again.created_at, again.updated_at) == (first.created_at, 11.0)
+    await service.put(bob, "reg.example:5000", "bob", "pw-bob")
+    await service.put(alice, "docker.io", "me", "pw-hub")
+    assert [(c.registry, c.username) for c in await service.list(alice)] == [
+        ("docker.io", "me"),
+        ("reg.example:5000", "me2"),
+    ]
+    assert "pw" not in repr(await service.list(alice))
+    owned = await db.read(partial(store_registries.logins_of_owner, owner="al"))
+    assert [(x.registry, x.password.get_secret_value()) for x in owned] == [
+        ("docker.io", "pw-hub"),
+        ("reg.example:5000", "pw-2"),
+    ]
+    for bad in ("not a host", "", "x\x00y"):
+        with pytest.raises(InvalidInput) as info:
+            await service.put(alice, bad, "me", "pw")
+        assert info.value.field == "registry"
+    with pytest.raises(InvalidInput) as info:
+        await service.put(alice, "r.example", "me", "nul\x00")
+    assert info.value.field == "password"
+    await service.delete(alice, "docker.io")
+    with pytest.raises(NotFound):
+        await service.delete(alice, "docker.io")
+    with pytest.raises(NotFound):
+        await service.delete(alice, "x\x00y")  # no such host, and no query with a NUL
+    await db.write(partial(store_users.delete_user, user_id=alice.id))
+    assert await db.read(partial(store_registries.logins_of_owner, owner="al")) == []
+    assert [c.username for c in await service.list(bob)] == ["bob"]  # bob's stays
