@@ -288,6 +288,7 @@ class LocalExecutor(Executor):
         own variables go to the container in its env file)."""
         runtime, image = self._container_runtime(handle["image"]), handle["image"]
         env_file, files = Path(handle["env_file"]), containers.pull_files(handle)
+        Path(handle["pid_file"]).unlink(missing_ok=True)  # an earlier attempt's is not this one's
         containers.write_env_file(env_file, containers.container_env(variables, task.gpus))
         seen = self._images.get(image)
         pull = (seen is None or time.monotonic() - seen > 60) and not containers.image_present(
