@@ -32,7 +32,7 @@ def catalog_entry(
     return entry
 
 
-def unknown_word(settings: Settings, word: str) -> str:
+def unknown_word(settings: ExecutorSettings, word: str) -> str:
     """Why a plain word (no '/', ':' or '@') that no catalog entry is called is refused, and
     what `image` takes instead: a plain word names a catalog entry only (so a mistyped name is
     not pulled from a registry), and an image reference says its tag, registry or digest."""

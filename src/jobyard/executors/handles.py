@@ -30,6 +30,8 @@ class ContainerFields(TypedDict, total=False):
     env_file: str
     pull_state: str
     pull_log: str
+    auth_dir: str  # the pull's registry login (a private auth file), while the pull runs
+    pid_file: str  # the container's first process (podman --pidfile), for its usage
 
 
 class LocalHandle(ContainerFields):
