@@ -3,7 +3,8 @@
 
 Benchmarks a real jobyard server (a subprocess on a free loopback port, a fresh temp home per
 scenario). Scenarios: submit (throughput), latency (submit -> RUNNING / SUCCEEDED), drain,
-list (page latency over 100,000 stored jobs), memory (server RSS per running job).
+list (page latency over 100,000 stored jobs), memory (server RSS per running job), metrics
+(GET /metrics over 100,000 stored jobs), and more (see bench/scenarios.py).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ stored, request fingerprint, one task with its executor handle, labels, the full
 its events). Bulk inserts: 100,000 jobs take seconds, where one insert_job per job took minutes.
 
 One job in ten FAILED (exit code 1), the rest SUCCEEDED, so a state filter selects something.
+With `layout`, each job's (final state, queue, pool) is the layout's for its id instead (the
+metrics scenario spreads them over queues and pools, STOPPED too).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import string
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,11 @@ _MESSAGES = {
     JobState.RUNNING: "started 1 task(s) (pid {pid})",
     JobState.SUCCEEDED: "all tasks exited with code 0",
     JobState.FAILED: "{task} exited with code 1",
+    JobState.STOPPED: "stopped by admin",
 }
+_REASONS = {JobState.SUCCEEDED: "SUCCEEDED", JobState.FAILED: "EXIT_NONZERO"}
+_CODES = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.STOPPED: -15}
+Layout = Callable[[int], tuple[JobState, str, str]]  # job id -> (final state, queue, pool)
 _TABLES = {
     "jobs": JobRow,
     "tasks": TaskRow,
@@ -55,6 +61,11 @@ def _display_id(n: int) -> str:
     return "".join(chars)
 
 
+def plain(job_id: int) -> tuple[JobState, str, str]:
+    """One job in ten FAILED, the rest SUCCEEDED, all in queue "default" of pool "local"."""
+    return JobState.FAILED if job_id % 10 == 0 else JobState.SUCCEEDED, "default", "local"
+
+
 def _fingerprints() -> dict[str, str]:
     return {
         f"team-{k}": JobRequest(spec=_SPEC, labels={"team": f"team-{k}"}).fingerprint()
@@ -65,8 +76,9 @@ def _fingerprints() -> dict[str, str]:
 class _Rows:
     """The rows of a batch of jobs, per table."""
 
-    def __init__(self, home: Path, fingerprints: dict[str, str]) -> None:
+    def __init__(self, home: Path, fingerprints: dict[str, str], layout: Layout) -> None:
         self.home = home
+        self.layout = layout
         self.node = os.uname().nodename
         self.spec = _SPEC.model_dump(mode="json", exclude_defaults=True)
         self.fingerprints = fingerprints
@@ -74,8 +86,8 @@ class _Rows:
 
     def add(self, job_id: int, created: float) -> None:
         display, team = _display_id(job_id), f"team-{job_id % _LABELS}"
-        final = JobState.FAILED if job_id % 10 == 0 else JobState.SUCCEEDED
-        code = 1 if final is JobState.FAILED else 0
+        final, queue, pool = self.layout(job_id)
+        code = _CODES[final]
         task, pid = f"{display}-worker-0", 10_000 + job_id % 30_000
         started, finished = created + 3 * _STEP, created + 4 * _STEP
         self.tables["jobs"].append(
@@ -86,13 +98,13 @@ class _Rows:
                 "submission_id": f"jobyard-{job_id:032x}",
                 "request_hash": self.fingerprints[team],
                 "name": "true",
-                "queue": "default",
-                "pool": "local",
+                "queue": queue,
+                "pool": pool,
                 "priority": 0,
                 "spec": self.spec,
                 "labels": {"team": team},
                 "state": final.value,
-                "reason": "SUCCEEDED" if code == 0 else "EXIT_NONZERO",
+                "reason": _REASONS.get(final, "STOPPED_BY_USER"),
                 "message": _MESSAGES[final].format(task=task),
                 "exit_code": code,
                 "created_at": created,
@@ -152,7 +164,7 @@ class _Rows:
             conn.execute(insert(table), self.tables[key])
 
 
-def fill(home: Path, count: int) -> None:
+def fill(home: Path, count: int, layout: Layout = plain) -> None:
     """Migrate a new database in `home` and store `count` finished jobs, one a second apart."""
     url = f"sqlite:///{home / 'jobyard.db'}"
     migrate(url)
@@ -160,7 +172,7 @@ def fill(home: Path, count: int) -> None:
     fingerprints, now = _fingerprints(), time.time()
     try:
         for first in range(1, count + 1, _BATCH):
-            rows = _Rows(home, fingerprints)
+            rows = _Rows(home, fingerprints, layout)
             for job_id in range(first, min(first + _BATCH, count + 1)):
                 rows.add(job_id, now - (count - job_id + 1))
             with writer.begin() as conn:
@@ -171,10 +183,10 @@ def fill(home: Path, count: int) -> None:
 
 
 @contextlib.contextmanager
-def filled_home(count: int) -> Iterator[tuple[Path, float]]:
+def filled_home(count: int, layout: Layout = plain) -> Iterator[tuple[Path, float]]:
     """A temp home with `count` finished jobs; yields it and the seconds filling took."""
     with tempfile.TemporaryDirectory(prefix="jobyard-bench-") as tmp:
         home = Path(tmp)
         started = time.monotonic()
-        fill(home, count)
+        fill(home, count, layout)
         yield home, time.monotonic() - started

@@ -23,6 +23,7 @@ from bench.client import Connection, Target
 from bench.containers import containers
 from bench.dashboard import dashboard
 from bench.gateway import gateway
+from bench.metrics import metrics
 from bench.ray import ray
 from bench.ray_executor import ray_executor
 from bench.report import Result, at_least, at_most, info, percentile
@@ -388,4 +389,5 @@ SCENARIOS: dict[str, Callable[[Options], list[Result]]] = {
     "scheduler": scheduler,
     "dashboard": dashboard,
     "usage": usage,
+    "metrics": metrics,
 }

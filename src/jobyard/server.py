@@ -119,8 +119,7 @@ def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
     logs = LogService(jobs, executor, max_read=settings.max_log_read_bytes)
     access = AccessService(db, jobs, settings)
     gateway = Gateway(access, settings)
-    metrics.add_source(figures.job_counts(db, jobs))
-    metrics.add_source(figures.pool_figures(jobs))
+    metrics.add_source(figures.jobs_and_pools(jobs))
     local = "usage" in executor.capabilities
     gpus = gpus if gpus is not None else NvmlGpuSource() if local else NoGpus()
     usage = UsageService(db, executor, jobs, settings, gpus=gpus, logs=logs)

@@ -83,6 +83,7 @@ class JobRow(Base):
         Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_owner_state_id", "owner", "state", "id"),
         Index("ix_jobs_queue_id", "queue", "id"),
+        Index("ix_jobs_queue_state", "queue", "state"),  # counts per queue and state
         {"sqlite_autoincrement": True},
     )
 
