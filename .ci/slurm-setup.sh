@@ -77,7 +77,9 @@ SlurmctldLogFile=$STATE_DIR/slurmctld.log
 SlurmdLogFile=$STATE_DIR/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+# jobacct_gather/linux: sstat's figures of running steps (jobyard's usage samples)
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=2
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE_DIR/jobcomp.log

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -53,11 +54,27 @@ def _why_skip() -> str | None:
 SKIP_REASON = _why_skip()
 
 
+def _why_no_usage() -> str | None:
+    """Why sstat gives no figures here (the usage tests skip): no cluster, or no gathering."""
+    if SKIP_REASON is not None:
+        return SKIP_REASON
+    config = slurm("scontrol", "show", "config")
+    if re.search(r"^JobAcctGatherType\s*=\s*jobacct_gather/none", config, re.MULTILINE):
+        return (
+            "the cluster gathers no usage (JobAcctGatherType=jobacct_gather/none): restart it "
+            "with .ci/slurm-setup.sh stop; .ci/slurm-setup.sh start"
+        )
+    return None
+
+
 def slurm(*args: str) -> str:
     """Run a Slurm tool against the test cluster; its stdout, stripped."""
     return subprocess.run(
         args, capture_output=True, text=True, env=ENV, timeout=30, check=True
     ).stdout.strip()
+
+
+NO_USAGE_REASON = _why_no_usage()
 
 
 def slurm_settings(**overrides: Any) -> SlurmSettings:

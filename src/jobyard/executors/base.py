@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Self
 from jobyard.config import ExecutorSettings, Settings
 from jobyard.errors import ExecutorRefused, JobyardError
 from jobyard.executors.shells import Shell, ShellCommand, TerminalSize, open_local_shell
+from jobyard.executors.usage import ReportedUsage
 from jobyard.model import PendingReason, Placement, TaskState, TerminationReason
 from jobyard.model.capacity import Capacity, GpuInfo
 
@@ -156,6 +157,11 @@ class Executor(ABC):
         their descendants and the sessions they lead: executors/usage.py); () where the
         executor cannot say (the task runs elsewhere, or has ended)."""
         return ()
+
+    async def task_usage(self, handles: Sequence[Handle]) -> list[ReportedUsage | None]:
+        """What running tasks use, as measured where they run, for tasks with no `task_pids`
+        here (one answer per handle, None where there is none); by default none."""
+        return [None] * len(handles)
 
     @abstractmethod
     def release(self, handle: Handle, *, remove_files: bool) -> None:

@@ -11,6 +11,8 @@ Pure of HTTP and the database; the service's sampler (service/usage.py) calls it
   reparented to init but kept the session still counts).
 - `CpuMeter` turns CPU seconds into cores: the difference since the task's last sample over
   the time between them (since its process started, for the first sample it gets).
+- `ReportedUsage` is what an executor whose tasks run elsewhere says they use
+  (`Executor.task_usage`: Slurm's sstat), where there are no pids here to measure.
 - `GpuSource` gives each GPU's utilisation and memory; `NvmlGpuSource` asks NVML (pynvml, from
   nvidia-ml-py, imported on first use) and gives None, not zeros, where NVML is not there.
 
@@ -176,6 +178,16 @@ class CpuMeter:
         wanted = set(keys)
         for key in [k for k in self._last if k not in wanted]:
             del self._last[key]
+
+
+@dataclass(frozen=True)
+class ReportedUsage:
+    """A task's figures as its executor measured them where it runs (Slurm's sstat), for tasks
+    this machine cannot see: its CPU time so far and its resident memory now; None where the
+    executor has no figure."""
+
+    cpu_seconds: float | None
+    rss_bytes: int | None
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Every `usage_interval_seconds` one pass (`UsageService.sample`):
 
 1. reads the started tasks of live jobs from the store (one query);
-2. asks the executor for each task's processes on this machine (`Executor.task_pids`); a task
-   it cannot see (it runs elsewhere) gets no sample;
+2. asks the executor for each task's processes on this machine (`Executor.task_pids`); for a
+   task it cannot see (it runs elsewhere), for the figures it measured there
+   (`Executor.task_usage`: Slurm's sstat); a task with neither gets no sample;
 3. off the event loop, scans /proc once and reads every GPU once (executors/usage.py);
 4. stores one sample per task (a ring of `usage_samples` per task, store/usage.py) in one write;
 5. checks the jobs that set idle_gpu_timeout (`IdleGpus`): a Warning event (IdleGpu) when all
@@ -40,6 +41,7 @@ from jobyard.executors.usage import (
     GpuSource,
     NoGpus,
     ProcessTable,
+    ReportedUsage,
     TreeUsage,
 )
 from jobyard.metrics import Source
@@ -185,6 +187,7 @@ class UsageService:
         self._gpus: GpuSource = gpus if gpus is not None else NoGpus()
         self._clock = clock
         self._cpu = CpuMeter()
+        self._reported_cpu = CpuMeter()  # for the tasks whose executor reports their figures
         self._seq: dict[TaskKey, int] = {}
         self._marks: dict[TaskKey, tuple[int, int]] = {}  # (number, log size) of the last mark
         self._logs = logs
@@ -265,8 +268,10 @@ class UsageService:
         """One pass: a sample of every running task this server can measure, stored."""
         tasks = await self._db.read(self._timed(store_usage.running_tasks))
         pids = self._timed(self._pids)(tasks)
+        reported = await self._reported(tasks, pids)
         measured = await asyncio.to_thread(self._timed(self._measure), tasks, pids)
         samples = self._timed(self._samples)(tasks, pids, measured)
+        samples.update(self._timed(self._reported_samples)(reported, measured.at))
         new = [key for key in samples if key not in self._seq]
         if new:
             found = await self._db.read(self._timed(partial(store_usage.last_numbers, keys=new)))
@@ -288,6 +293,39 @@ class UsageService:
             if roots:
                 found[(task.job_id, task.task_index)] = roots
         return found
+
+    async def _reported(
+        self, tasks: Sequence[RunningTask], pids: dict[TaskKey, Sequence[int]]
+    ) -> dict[TaskKey, ReportedUsage]:
+        """What the executor measured of the tasks with no processes here (none, mostly)."""
+        elsewhere = [t for t in tasks if (t.job_id, t.task_index) not in pids]
+        if not elsewhere:
+            return {}
+        answers = await self._executor.task_usage([t.handle for t in elsewhere])
+        return {
+            (t.job_id, t.task_index): answer
+            for t, answer in zip(elsewhere, answers, strict=True)
+            if answer is not None
+        }
+
+    def _reported_samples(
+        self, reported: dict[TaskKey, ReportedUsage], at: float
+    ) -> dict[TaskKey, UsageSample]:
+        """Samples of the figures an executor reported. CPU cores are the growth of the CPU
+        time since the task's last sample (none for its first: the executor does not say since
+        when); GPUs are None: this machine's NVML does not see the nodes' GPUs."""
+        when = datetime.fromtimestamp(at, UTC)
+        samples = {}
+        for key, figures in reported.items():
+            cores = None
+            if figures.cpu_seconds is not None:
+                tree = TreeUsage(figures.cpu_seconds, 0, started_at=at, processes=0)
+                cores = self._reported_cpu.cores(key, tree, at)
+            samples[key] = UsageSample(
+                timestamp=when, cpu_cores=cores, memory_rss_bytes=figures.rss_bytes, gpus=None
+            )
+        self._reported_cpu.keep_only(samples)
+        return samples
 
     def _measure(
         self, tasks: Sequence[RunningTask], pids: dict[TaskKey, Sequence[int]]

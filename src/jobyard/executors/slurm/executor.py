@@ -49,7 +49,7 @@ from jobyard.executors.base import (
 )
 from jobyard.executors.environment import catalog_entry, task_environment
 from jobyard.executors.handles import ContainerFields, SlurmHandle
-from jobyard.executors.slurm import parse
+from jobyard.executors.slurm import parse, usage
 from jobyard.executors.slurm.commands import Result, Tools
 from jobyard.executors.slurm.script import (
     ArrayMember,
@@ -61,6 +61,7 @@ from jobyard.executors.slurm.script import (
     resource_args,
     single_launch,
 )
+from jobyard.executors.usage import ReportedUsage
 from jobyard.model import JobSpec, Placement, TaskState
 from jobyard.model.registry import login_for
 
@@ -107,6 +108,7 @@ class SlurmExecutor(Executor):
         self._seen_at = 0.0
         self._finals: dict[str, TaskReport] = {}  # ended jobs' reports (exit code looked up)
         self._sacct_disabled = False
+        self._gathers: bool | None = None  # does the cluster gather usage (sstat)? None: ask
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._stopped: set[str] = set()
         self._names: dict[str, str] = {}  # Slurm job id -> the job name jobyard gave it
@@ -516,6 +518,37 @@ class SlurmExecutor(Executor):
             await self._settle([i for i in ids if i in unsettled and self._is_ended(i)])
         await self._refresh_capacity()
         return [self._container_report(h) for h in handles]
+
+    async def task_usage(self, handles: Sequence[Handle]) -> list[ReportedUsage | None]:
+        """The running tasks' figures from one sstat (executors/slurm/usage.py)."""
+        own = [self._running_own_id(h) for h in handles]
+        ids = sorted({i for i in own if i is not None})
+        if not ids or not await self._gathers_usage():
+            return [None] * len(handles)
+        # A job that ended since squeue saw it makes sstat complain; the others are answered.
+        result = await self._tools.run("sstat", usage.sstat_args(ids))
+        if not result.ok and not result.stdout and not result.unreachable:
+            log.debug("sstat failed: %s", result.error)
+        steps = usage.by_job(parse.parse_sstat(result.stdout))
+        return [
+            None if i is None else usage.task_figures(h, steps.get(i, []))
+            for h, i in zip(handles, own, strict=True)
+        ]
+
+    def _running_own_id(self, handle: Handle) -> str | None:
+        job = self._seen.get(str(handle.get("slurm_job_id", "")))
+        return job.own_id if job is not None and job.base_state == "RUNNING" else None
+
+    async def _gathers_usage(self) -> bool:
+        if self._gathers is None:
+            result = await self._tools.run("scontrol", ["show", "config"])
+            if not result.ok:
+                return False  # asked again next pass
+            kind = usage.gather_type(result.stdout)
+            self._gathers = kind not in (None, usage.NO_GATHER)
+            if not self._gathers:
+                log.info("no usage figures for Slurm jobs: JobAcctGatherType is %s", kind)
+        return self._gathers
 
     def _container_report(self, handle: Handle) -> TaskReport:
         """As Slurm and the task's files say; for a container, as its pull says too."""

@@ -174,3 +174,72 @@ def gpu_inventory(nodes: list[NodeInfo]) -> list[GpuInfo]:
         for kind, count in node.gpus:
             gpus += [GpuInfo(index=len(gpus) + i, model=kind or "gpu") for i in range(count)]
     return gpus
+
+
+# sstat -P -a -j <ids> --format: the step, its task count, and the per-task averages (TRES).
+SSTAT_FORMAT = "JobID,NTasks,TRESUsageInAve"
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+@dataclass(frozen=True)
+class StepUsage:
+    """One line of sstat: a running step's figures, averaged over its tasks (jobacct_gather)."""
+
+    step: str  # "<own job id>.<step>": "12.batch", "12.0"
+    tasks: int
+    cpu_seconds: float | None  # CPU time per task so far
+    rss_bytes: int | None  # resident memory per task at the last gather
+
+    @property
+    def job_id(self) -> str:
+        return self.step.partition(".")[0]
+
+    @property
+    def step_name(self) -> str:
+        return self.step.partition(".")[2]
+
+
+def parse_sstat(text: str) -> list[StepUsage]:
+    """`sstat -n -P -a --format JobID,NTasks,TRESUsageInAve`: one StepUsage a line."""
+    steps = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3 or "." not in parts[0]:
+            continue
+        tres = dict(word.partition("=")[::2] for word in parts[2].split(",") if "=" in word)
+        steps.append(
+            StepUsage(
+                step=parts[0],
+                tasks=int(parts[1]) if parts[1].isdigit() else 0,
+                cpu_seconds=cpu_seconds(tres.get("cpu", "")),
+                rss_bytes=size_bytes(tres.get("mem", "")),
+            )
+        )
+    return steps
+
+
+def cpu_seconds(text: str) -> float | None:
+    """Slurm's CPU time, `[D-]HH:MM:SS`, `MM:SS.mmm` or `SS.mmm`, in seconds; None if not one."""
+    days, _, clock = text.rpartition("-")
+    try:
+        parts = [float(part) for part in clock.split(":")]
+        whole_days = int(days) if days else 0
+    except ValueError:
+        return None
+    if not 1 <= len(parts) <= 3:
+        return None
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return whole_days * 86400 + seconds
+
+
+def size_bytes(text: str) -> int | None:
+    """Slurm's size, `15000K`, `1.50G` or plain bytes, in bytes; None if not one."""
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if unit not in _SIZE_UNITS:
+        return None
+    try:
+        return round(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        return None
