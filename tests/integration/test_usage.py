@@ -294,6 +294,34 @@ def test_idle_gpu_action_warn_only_warns_once_per_idle_spell(home: Path) -> None
         server.wait_state(job["id"], "STOPPED", timeout=30)
 
 
+def test_the_idle_clock_goes_on_across_a_server_restart(home: Path) -> None:
+    settings = _gpu_settings(home)
+    with running_server(settings, gpus=ScriptedGpus(count=2)) as first, first.client() as http:
+        job = _submit(
+            http,
+            entrypoint="sleep 60",
+            resources={"gpus": 1},
+            idle_gpu_timeout=6,
+            idle_gpu_action="stop",
+        )
+        first.wait_state(job["id"], "RUNNING")
+        (spell,) = wait_for(lambda: first.runtime.db.read_sync(store_usage.idle_spells))
+        assert (spell.job_id, spell.acted) == (job["id"], False)
+        idle_since = spell.since
+        assert idle_since is not None and abs(time.time() - idle_since) < 2
+        time.sleep(max(idle_since + 4 - time.time(), 0))  # idle 4 of its 6 s
+    with running_server(settings, gpus=ScriptedGpus(count=2)) as second, second.client() as http:
+        done = second.wait_state(job["id"], "FAILED", timeout=30)
+        (idle,) = _idle_events(http, job["id"])
+        wait_for(lambda: second.runtime.db.read_sync(store_usage.idle_spells) == [])  # ended
+    assert done["reason"] == "IDLE_GPU"
+    # 6 s after the spell began before the restart (starting it again would take 6 s after)
+    acted_at = datetime.fromisoformat(idle["timestamp"]).timestamp()
+    assert 6 <= acted_at - idle_since < 8, idle
+    seconds = int(re.search(r"busy for (\d+) s", idle["message"]).group(1))  # type: ignore[union-attr]
+    assert 6 <= seconds < 8
+
+
 @pytest.mark.skipif(_nvml_present(), reason="this machine has NVML: its GPUs are measured")
 def test_a_job_whose_gpus_cannot_be_measured_is_told_so_once_and_left_running(
     home: Path,

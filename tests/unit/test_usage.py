@@ -12,6 +12,7 @@ from jobyard.executors.usage import CpuMeter, ProcessTable, ProcStat, TreeUsage,
 from jobyard.model.job import IdleGpuAction, JobSpec
 from jobyard.model.usage import GpuUsage
 from jobyard.service.usage import IdleGpus
+from jobyard.store.usage import IdleSpell
 
 # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
 # cutime cstime priority nice threads itrealvalue starttime vsize rss ...
@@ -157,6 +158,26 @@ def test_jobs_no_longer_watched_are_forgotten() -> None:
     idle.keep_only([])
     assert idle.observe(1, 10, IdleGpuAction.WARN, _gpus(0), 1, now=105) is None
     assert idle.observe(1, 10, IdleGpuAction.WARN, _gpus(0), 1, now=114) is None
+
+
+def test_what_changed_is_handed_over_once_and_a_new_instance_goes_on_from_it() -> None:
+    idle, warn = IdleGpus(threshold_percent=5), IdleGpuAction.WARN
+    assert idle.changes() == ([], [])
+    idle.observe(1, 10, warn, _gpus(0), 1, now=100)  # a spell begins
+    idle.observe(2, 10, warn, None, 1, now=100)  # told: unmeasured
+    assert idle.changes() == ([IdleSpell(1, since=100), IdleSpell(2, unmeasured=True)], [])
+    idle.observe(1, 10, warn, _gpus(0), 1, now=105)
+    assert idle.changes() == ([], [])  # nothing new: nothing to store
+    restarted = IdleGpus(threshold_percent=5)
+    restarted.load([IdleSpell(1, since=100), IdleSpell(2, unmeasured=True)])
+    assert restarted.loaded
+    assert restarted.observe(2, 10, warn, None, 1, now=106) is None  # told already
+    verdict = restarted.observe(1, 10, warn, _gpus(0), 1, now=110)  # 10 s since 100
+    assert verdict is not None and "for 10 s" in verdict.message
+    assert restarted.changes() == ([IdleSpell(1, since=100, acted=True)], [])
+    restarted.observe(1, 10, warn, _gpus(50), 1, now=111)  # the spell ends
+    restarted.keep_only([1])  # job 2 ended
+    assert restarted.changes() == ([], [1, 2])
 
 
 # ---- the job spec -----------------------------------------------------------------------------

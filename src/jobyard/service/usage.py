@@ -53,7 +53,7 @@ from jobyard.service.jobs import JobService
 from jobyard.service.logs import LogQuery, LogService
 from jobyard.store import usage as store_usage
 from jobyard.store.db import Database
-from jobyard.store.usage import NumberedSample, RunningTask, TaskKey
+from jobyard.store.usage import IdleSpell, NumberedSample, RunningTask, TaskKey
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -79,13 +79,46 @@ class IdleGpus:
 
     A job is idle while every one of its GPUs is measured below the threshold; a pass where
     any is busy, or any is not measured, starts the count again (no figure is no evidence).
-    The event comes once per idle spell; after a busy pass, a new spell may bring another."""
+    The event comes once per idle spell; after a busy pass, a new spell may bring another.
+
+    What it knows of each job is kept in the store too (`changes`, `load`): a restarted server
+    goes on with a spell, rather than starting it again."""
 
     def __init__(self, threshold_percent: float) -> None:
         self.threshold = threshold_percent
         self._since: dict[int, float] = {}
         self._acted: set[int] = set()
         self._unmeasured: set[int] = set()
+        self._changed: set[int] = set()  # jobs whose state changed since `changes` was called
+        self.loaded = False
+
+    def load(self, spells: Iterable[IdleSpell]) -> None:
+        """Go on from what a previous server stored."""
+        for spell in spells:
+            if spell.since is not None:
+                self._since[spell.job_id] = spell.since
+            if spell.acted:
+                self._acted.add(spell.job_id)
+            if spell.unmeasured:
+                self._unmeasured.add(spell.job_id)
+        self.loaded = True
+
+    def changes(self) -> tuple[list[IdleSpell], list[int]]:
+        """(the spells to store, the jobs to forget) since the last call."""
+        keep, forget = [], []
+        for job_id in sorted(self._changed):
+            spell = IdleSpell(
+                job_id,
+                self._since.get(job_id),
+                job_id in self._acted,
+                job_id in self._unmeasured,
+            )
+            if spell == IdleSpell(job_id):
+                forget.append(job_id)
+            else:
+                keep.append(spell)
+        self._changed.clear()
+        return keep, forget
 
     def observe(
         self,
@@ -101,13 +134,16 @@ class IdleGpus:
         if gpus is None or expected == 0 or len(gpus) < expected:
             return self._not_measured(job_id)
         if any(g.utilization_percent >= self.threshold for g in gpus):
-            self._since.pop(job_id, None)
-            self._acted.discard(job_id)
+            self._end_spell(job_id)
             return None
-        since = self._since.setdefault(job_id, now)
+        if job_id not in self._since:
+            self._since[job_id] = now
+            self._changed.add(job_id)
+        since = self._since[job_id]
         if now - since < timeout or job_id in self._acted:
             return None
         self._acted.add(job_id)
+        self._changed.add(job_id)
         indices = ", ".join(str(g.index) for g in sorted(gpus, key=lambda g: g.index))
         message = (
             f"GPU {indices} below {self.threshold:g}% busy for {now - since:.0f} s "
@@ -116,11 +152,20 @@ class IdleGpus:
         stop = action is IdleGpuAction.STOP
         return IdleVerdict(job_id, message + ("; stopping the job" if stop else ""), stop)
 
+    def _end_spell(self, job_id: int) -> None:
+        if job_id in self._since or job_id in self._acted:
+            self._since.pop(job_id, None)
+            self._acted.discard(job_id)
+            self._changed.add(job_id)
+
     def _not_measured(self, job_id: int) -> IdleVerdict | None:
-        self._since.pop(job_id, None)
+        if job_id in self._since:
+            del self._since[job_id]
+            self._changed.add(job_id)
         if job_id in self._unmeasured:
             return None
         self._unmeasured.add(job_id)
+        self._changed.add(job_id)
         message = (
             "idle_gpu_timeout cannot be applied yet: no GPU figures for this job's GPUs on "
             "this server (NVML not found, or its tasks run elsewhere)"
@@ -130,6 +175,8 @@ class IdleGpus:
     def keep_only(self, job_ids: Iterable[int]) -> None:
         """Forget the jobs not watched any more."""
         wanted = set(job_ids)
+        known = set(self._since) | self._acted | self._unmeasured
+        self._changed |= known - wanted
         for job_id in [j for j in self._since if j not in wanted]:
             del self._since[job_id]
         self._acted &= wanted
@@ -431,6 +478,8 @@ class UsageService:
     async def _check_idle(
         self, tasks: Sequence[RunningTask], samples: dict[TaskKey, UsageSample], now: float
     ) -> None:
+        if not self.idle.loaded:
+            self.idle.load(await self._db.read(self._timed(store_usage.idle_spells)))
         verdicts = self._timed(self._idle_verdicts)(tasks, samples, now)
         for verdict in verdicts:
             reason = IDLE_EVENT if verdict.measurable else UNMEASURED_EVENT
@@ -441,6 +490,11 @@ class UsageService:
                 await self._jobs.stop_for(
                     verdict.job_id, TerminationReason.IDLE_GPU, verdict.message
                 )
+        # After the events: a crash in between repeats an event rather than losing one.
+        keep, forget = self.idle.changes()
+        if keep or forget:  # rare: a spell begins or ends, a job is acted on or told
+            save = partial(store_usage.save_idle_spells, spells=keep, forget=forget)
+            await self._db.write(self._timed(save))
 
     def _idle_verdicts(
         self, tasks: Sequence[RunningTask], samples: dict[TaskKey, UsageSample], now: float

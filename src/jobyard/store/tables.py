@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -233,3 +234,19 @@ class LogMarkRow(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     log_bytes: Mapped[int] = mapped_column(BigInteger)
     timestamp: Mapped[float] = mapped_column(Float)
+
+
+class IdleGpuSpellRow(Base):
+    """idle_gpu_timeout's clock (service/usage.py): since when a job's GPUs have all been idle,
+    whether that spell was acted on, and whether the job was told its GPUs cannot be measured;
+    kept so a server restart goes on counting. A row only while one of these is set; deleted
+    with the job."""
+
+    __tablename__ = "idle_gpu_spells"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    acted: Mapped[bool] = mapped_column(Boolean, default=False)
+    unmeasured: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from jobyard.model import JobState, TaskState
 from jobyard.model.usage import GpuUsage, UsageSample
-from jobyard.store.tables import JobRow, LogMarkRow, TaskRow, TaskUsageRow
+from jobyard.store.tables import IdleGpuSpellRow, JobRow, LogMarkRow, TaskRow, TaskUsageRow
 
 TaskKey = tuple[int, int]  # (job id, task index)
 _USAGE = TaskUsageRow.__table__
+_SPELLS = IdleGpuSpellRow.__table__
 _SAMPLED_STATES = (JobState.STARTING.value, JobState.RUNNING.value, JobState.STOPPING.value)
 _ENDED_TASKS = (TaskState.EXITED.value, TaskState.LOST.value)
 
@@ -233,3 +234,51 @@ def task_marks(conn: Connection, job_id: int, task_index: int) -> list[tuple[int
         .order_by(_MARKS.c.seq)
     )
     return [(int(size), float(at)) for size, at in conn.execute(query)]
+
+
+# ---- idle_gpu_timeout's clock ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdleSpell:
+    """What idle_gpu_timeout keeps of one job: since when its GPUs have all been idle (None:
+    they are not), whether that spell was acted on, whether it was told they are unmeasured."""
+
+    job_id: int
+    since: float | None = None
+    acted: bool = False
+    unmeasured: bool = False
+
+
+def idle_spells(conn: Connection) -> list[IdleSpell]:
+    """Every stored spell (a row only exists while a job has one, or was told)."""
+    return [
+        IdleSpell(row.job_id, row.since, bool(row.acted), bool(row.unmeasured))
+        for row in conn.execute(select(_SPELLS))
+    ]
+
+
+def save_idle_spells(conn: Connection, spells: Sequence[IdleSpell], forget: Sequence[int]) -> None:
+    """Store these spells (replacing each job's) and delete those of the jobs in `forget`.
+    A spell whose job was deleted meanwhile is dropped."""
+    if forget:
+        conn.execute(delete(IdleGpuSpellRow).where(IdleGpuSpellRow.job_id.in_(forget)))
+    if not spells:
+        return
+    ids = [s.job_id for s in spells]
+    alive = set(conn.scalars(select(JobRow.id).where(JobRow.id.in_(ids))))
+    rows = [
+        {"job_id": s.job_id, "since": s.since, "acted": s.acted, "unmeasured": s.unmeasured}
+        for s in spells
+        if s.job_id in alive
+    ]
+    if rows:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(IdleGpuSpellRow)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["job_id"],
+                set_={k: statement.excluded[k] for k in ("since", "acted", "unmeasured")},
+            ),
+            rows,
+        )
