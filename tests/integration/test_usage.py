@@ -557,7 +557,7 @@ def test_logs_with_timestamps_say_when_each_line_arrived_without_changing_the_lo
     assert 1.0 < (times[1] - times[0]).total_seconds() < 3.5
     assert 1.0 < (times[3] - times[1]).total_seconds() < 3.5
     assert last.text == lines[-1] + "\n"
-    assert streaming.status_code == 422 and streaming.json()["error"]["field"] == "timestamps"
+    assert streaming.text == stamped.text  # followed after the end: the same stamps
     assert refused.status_code == 404
 
     options = ["--url", fast.url, "--token", fast.token]
@@ -565,9 +565,38 @@ def test_logs_with_timestamps_say_when_each_line_arrived_without_changing_the_lo
     shown = runner.invoke(app, [*options, "logs", str(job["id"]), "--timestamps"])
     assert shown.exit_code == 0 and shown.output == stamped.text
     both = runner.invoke(app, [*options, "logs", str(job["id"]), "--timestamps", "-f"])
-    assert both.exit_code == 2 and "--timestamps" in both.output
+    assert both.exit_code == 0 and both.output == stamped.text
 
     with fast.client() as admin:
         assert admin.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
     read = partial(store_usage.task_marks, job_id=job["id"], task_index=0)
     assert fast.runtime.db.read_sync(read) == []
+
+
+def test_a_followed_log_with_timestamps_stamps_each_line_as_it_arrives(fast: LiveServer) -> None:
+    script = (
+        "echo one; sleep 1.5; printf 'par'; sleep 1; echo tial; echo three; sleep 1.5; "
+        "printf 'no newline'"
+    )
+    with fast.client() as http:
+        job = _submit(http, entrypoint=script)
+        received = []  # (when the client got it, the line)
+        params = {"timestamps": "true", "follow": "true"}
+        with http.stream("GET", f"/api/v1/jobs/{job['id']}/logs", params=params) as reply:
+            assert reply.status_code == 200
+            for line in reply.iter_lines():
+                received.append((time.time(), line))
+        plain = http.get(f"/api/v1/jobs/{job['id']}/logs").text
+    assert [line.split(" ", 1)[1] for _, line in received] == [
+        "one",
+        "partial",  # its two pieces wait for the newline: one line, one stamp
+        "three",
+        "no newline",  # the last bytes, sent at the end
+    ]
+    assert "".join(line.split(" ", 1)[1] + "\n" for _, line in received)[:-1] == plain
+    stamps = [datetime.fromisoformat(line.split(" ", 1)[0]).timestamp() for _, line in received]
+    assert stamps == sorted(stamps)
+    assert 2.0 < stamps[1] - stamps[0] < 4.0 and stamps[2] - stamps[1] < 0.5
+    for (got, _), stamp in zip(received, stamps, strict=True):
+        assert stamp <= got + 0.05  # stamped by the time it was sent, not later
+        assert got - stamp < 1.0  # nor long before: as it arrived

@@ -28,10 +28,13 @@ class Follower:
     task: str | None = None
     write: Callable[[str], None] = render.write_raw
     patience: float = RECONNECT_FOR
+    timestamps: bool = False
 
     def run(self, tail: int | None = None) -> None:
         """Write the task's output until it ends. Errors before any output raise at once."""
-        stream = self.client.follow_logs(self.ref, task=self.task, tail=tail)
+        stream = self.client.follow_logs(
+            self.ref, task=self.task, tail=tail, timestamps=self.timestamps
+        )
         while True:
             try:
                 return self._copy(stream)
@@ -58,13 +61,16 @@ class Follower:
 
     def _reconnect(self, offset: int | None) -> LogStream:
         """A stream from `offset` (None, after a --tail: from what is written from now on)."""
-        skipped = "" if offset is not None else " (after --tail: output meanwhile is not shown)"
+        why = "--timestamps" if self.timestamps else "--tail"
+        skipped = "" if offset is not None else f" (after {why}: output meanwhile is not shown)"
         render.note(f"reconnecting…{skipped}")
         give_up, pause = time.monotonic() + self.patience, FIRST_PAUSE
         while True:
             try:
                 tail = 0 if offset is None else None
-                return self.client.follow_logs(self.ref, task=self.task, tail=tail, offset=offset)
+                return self.client.follow_logs(
+                    self.ref, task=self.task, tail=tail, offset=offset, timestamps=self.timestamps
+                )
             except (ServerUnreachable, ApiError) as exc:
                 away = isinstance(exc, ServerUnreachable) or exc.status in _PROXY_DOWN
                 left = give_up - time.monotonic()

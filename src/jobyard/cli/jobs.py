@@ -232,15 +232,10 @@ def logs(
     """A task's output, as written. With -f, a lost connection (e.g. the server restarting)
     is taken up again where it broke off, for up to a minute."""
     client = open_client(ctx)
-    if timestamps:
-        if follow:
-            raise typer.BadParameter("not with --follow (yet)", param_hint="--timestamps")
-        render.write_raw(client.logs(ref, task=task, tail=tail, timestamps=True))
-        return
     if follow:
-        Follower(client, ref, task).run(tail)
+        Follower(client, ref, task, timestamps=timestamps).run(tail)
     else:
-        render.write_raw(client.logs(ref, task=task, tail=tail))
+        render.write_raw(client.logs(ref, task=task, tail=tail, timestamps=timestamps))
 
 
 def stop(ctx: typer.Context, ref: RefArg) -> None:

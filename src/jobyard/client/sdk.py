@@ -217,11 +217,16 @@ class Client:
         task: str | int | None = None,
         tail: int | None = None,
         offset: int | None = None,
+        timestamps: bool = False,
     ) -> LogStream:
         """Stream a task's output until it ends, from the start, the last `tail` lines or byte
-        `offset`. Errors (e.g. no such job) raise here."""
+        `offset`; with timestamps, each line behind the time the server first saw it (the
+        stream's `offset` is then None: its bytes are not the log's). Errors (e.g. no such
+        job) raise here."""
         self._send(calls.check_logs(ref, task=task))
-        call = calls.read_logs(ref, task=task, tail=tail, offset=offset, follow=True)
+        call = calls.read_logs(
+            ref, task=task, tail=tail, offset=offset, follow=True, timestamps=timestamps
+        )
         request = self._http.build_request(
             call.method, call.path, params=call.params, timeout=calls.STREAM_TIMEOUT
         )
@@ -231,7 +236,7 @@ class Client:
                 with contextlib.closing(response):
                     response.read()
                 raise calls.api_error(response)
-        return LogStream(response, self.url, None if tail is not None else offset or 0)
+        return LogStream(response, self.url, _resume_offset(tail, offset, timestamps))
 
     def wait(self, ref: JobRef, timeout: float | None = None, poll: float = 0.2) -> Job:
         """Poll until the job is SUCCEEDED, FAILED or STOPPED; WaitTimeout after `timeout` s."""
@@ -428,9 +433,12 @@ class AsyncClient:
         task: str | int | None = None,
         tail: int | None = None,
         offset: int | None = None,
+        timestamps: bool = False,
     ) -> AsyncLogStream:
         await self._send(calls.check_logs(ref, task=task))
-        call = calls.read_logs(ref, task=task, tail=tail, offset=offset, follow=True)
+        call = calls.read_logs(
+            ref, task=task, tail=tail, offset=offset, follow=True, timestamps=timestamps
+        )
         request = self._http.build_request(
             call.method, call.path, params=call.params, timeout=calls.STREAM_TIMEOUT
         )
@@ -442,7 +450,7 @@ class AsyncClient:
                 finally:
                     await response.aclose()
                 raise calls.api_error(response)
-        return AsyncLogStream(response, self.url, None if tail is not None else offset or 0)
+        return AsyncLogStream(response, self.url, _resume_offset(tail, offset, timestamps))
 
     async def wait(self, ref: JobRef, timeout: float | None = None, poll: float = 0.2) -> Job:
         deadline = _Deadline(timeout)
@@ -520,3 +528,9 @@ class AsyncClient:
                 call.method, call.path, params=call.params, json=call.body
             )
         return call.parse(response)
+
+
+def _resume_offset(tail: int | None, offset: int | None, timestamps: bool) -> int | None:
+    """Where a followed stream's text begins in the log; None where it cannot say (after a
+    tail, or with timestamps: the stamps are not the log's bytes)."""
+    return None if tail is not None or timestamps else offset or 0

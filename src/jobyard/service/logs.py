@@ -3,8 +3,9 @@ read again only when the change feed says it changed)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from jobyard.config import MAX_LOG_READ_BYTES
@@ -65,11 +66,20 @@ class LogService:
         a stream of new output that ends once the task has ended and all is sent."""
         job = await self._jobs.get(user, ref)
         find_task(job, query.task)
-        return self._follow(user, ref, query, job)
+        return _chunks_only(self._follow(user, ref, query, job))
+
+    async def follow_from(
+        self, user: User, ref: str, query: LogQuery
+    ) -> tuple[Job, Task, AsyncGenerator[tuple[int, bytes]]]:
+        """As follow(), with the job and task followed, each chunk with the byte offset it
+        begins at (what log timestamps need: service/usage.py)."""
+        job = await self._jobs.get(user, ref)
+        task = find_task(job, query.task)
+        return job, task, self._follow(user, ref, query, job)
 
     async def _follow(
         self, user: User, ref: str, query: LogQuery, job: Job
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[tuple[int, bytes]]:
         """The file is read again every `follow_poll` seconds; the job only when a change to
         it is published (store/feed.py), or after the feed's recheck (another server's)."""
         task = find_task(job, query.task)
@@ -82,8 +92,8 @@ class LogService:
                         offset = self._start_offset(task, query)
                     chunk = self._executor.read_log(task.handle, offset, _CHUNK)
                     if chunk:
+                        yield offset, chunk
                         offset += len(chunk)
-                        yield chunk
                         continue
                 if task.state.is_finished() or job.state.is_terminal():
                     return
@@ -116,3 +126,9 @@ class LogService:
                         return start + i + 1
             end = start
         return 0
+
+
+async def _chunks_only(chunks: AsyncGenerator[tuple[int, bytes]]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(chunks):  # a client gone: the follow's watch ends now
+        async for _offset, chunk in chunks:
+            yield chunk

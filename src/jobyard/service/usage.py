@@ -23,7 +23,7 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -193,6 +193,7 @@ class _Measured:
     log_sizes: dict[TaskKey, int]
 
 
+_LONGEST_LINE = 64 * 1024  # a followed line longer than this goes out in stamped pieces
 LOG_MARKS = 17_280  # log marks kept per task: a day of passes at 5 s while the log grows
 
 
@@ -429,6 +430,42 @@ class UsageService:
         marks = await self._db.read(read)
         late = task.finished_at.timestamp() if task.finished_at else self._clock()
         return stamp_lines(data, start, marks, late)
+
+    async def stamped_follow(self, user: User, ref: str, query: LogQuery) -> AsyncIterator[bytes]:
+        """The log as LogService.follow streams it, each line behind its time as stamped_log
+        gives it (the marks when following began; a line none covers: when it was read,
+        which a follower does within its poll of the line's arrival). Lines go out whole: a
+        line's bytes wait for its newline (or the end, or 64 KiB)."""
+        if self._logs is None:
+            raise NotFound("this server keeps no log timestamps", field="timestamps")
+        job, task, chunks = await self._logs.follow_from(user, ref, query)
+        read = partial(store_usage.task_marks, job_id=job.id, task_index=task.index)
+        ended = task.finished_at.timestamp() if task.finished_at else None
+        return self._stamped_chunks(chunks, read, ended)
+
+    async def _stamped_chunks(
+        self,
+        chunks: AsyncGenerator[tuple[int, bytes]],
+        read_marks: Callable[[Connection], list[tuple[int, float]]],
+        ended: float | None,
+    ) -> AsyncIterator[bytes]:
+        marks: list[tuple[int, float]] | None = None
+        pending, start = b"", 0
+        async with contextlib.aclosing(chunks):  # a client gone: the follow ends now
+            async for offset, chunk in chunks:
+                if marks is None:  # read when the first bytes come: the backlog's times
+                    marks = await self._db.read(read_marks)
+                if not pending:
+                    start = offset
+                data = pending + chunk
+                cut = data.rfind(b"\n") + 1
+                if not cut and len(data) >= _LONGEST_LINE:
+                    cut = len(data)
+                if cut:
+                    yield stamp_lines(data[:cut], start, marks, ended or self._clock())
+                pending, start = data[cut:], start + cut
+        if pending:
+            yield stamp_lines(pending, start, marks or [], ended or self._clock())
 
     def _samples(
         self,

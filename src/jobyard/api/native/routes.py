@@ -19,7 +19,7 @@ from jobyard.api.native.schemas import (
     job_response,
     page_response,
 )
-from jobyard.api.native.usage import stamped_log
+from jobyard.api.native.usage import stamped_follow, stamped_log
 from jobyard.errors import InvalidInput
 from jobyard.model import JobState
 from jobyard.service import JobQuery, LogQuery
@@ -156,8 +156,11 @@ async def job_logs(
 ) -> Response:
     query = LogQuery(task=task, offset=offset, tail=tail)
     media = "text/plain; charset=utf-8"
+    if timestamps and follow:
+        stamped = await stamped_follow(request, user, ref, query)
+        return StreamingResponse(stamped, media_type=media)
     if timestamps:
-        return Response(await stamped_log(request, user, ref, query, follow), media_type=media)
+        return Response(await stamped_log(request, user, ref, query), media_type=media)
     if follow:
         return StreamingResponse(await logs.follow(user, ref, query), media_type=media)
     return Response(await logs.read(user, ref, query), media_type=media)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from jobyard.api.deps import CurrentUser
 from jobyard.api.errors import NATIVE_ERRORS, described
-from jobyard.errors import InvalidInput, NotFound
+from jobyard.errors import NotFound
 from jobyard.model.usage import JobUsage
 from jobyard.service import LogQuery, User
 from jobyard.service.usage import UsageService
@@ -45,10 +46,13 @@ async def job_metrics(
     return await usage.job_usage(user, ref, task=task, last=last)
 
 
-async def stamped_log(
-    request: Request, user: User, ref: str, query: LogQuery, follow: bool
-) -> bytes:
+async def stamped_log(request: Request, user: User, ref: str, query: LogQuery) -> bytes:
     """`GET .../logs?timestamps=true` (routes.py): the log with each line's time in front."""
-    if follow:
-        raise InvalidInput("timestamps: not with follow=true (yet)", field="timestamps")
     return await (await _usage(request)).stamped_log(user, ref, query)
+
+
+async def stamped_follow(
+    request: Request, user: User, ref: str, query: LogQuery
+) -> AsyncIterator[bytes]:
+    """`GET .../logs?timestamps=true&follow=true`: the followed log, each line stamped."""
+    return await (await _usage(request)).stamped_follow(user, ref, query)
