@@ -423,6 +423,25 @@ async def test_the_ring_holds_the_latest_samples_and_a_deleted_job_takes_its_own
     assert await db.write(partial(store_usage.record, samples=late, ring=3)) == 0  # dropped
 
 
+async def test_idle_spells_are_stored_replaced_forgotten_and_go_with_their_job(
+    db: Database,
+) -> None:
+    first = await db.write(partial(insert_job, new=new_job(), now=1.0))
+    second = await db.write(partial(insert_job, new=new_job(), now=1.0))
+    spells = [store_usage.IdleSpell(first, since=100.5), store_usage.IdleSpell(second, since=7.0)]
+    save = partial(store_usage.save_idle_spells, forget=[])
+    await db.write(partial(save, spells=spells))
+    assert sorted(await db.read(store_usage.idle_spells), key=lambda s: s.job_id) == spells
+    acted = store_usage.IdleSpell(first, since=100.5, acted=True)
+    told = store_usage.IdleSpell(second, unmeasured=True)
+    await db.write(partial(save, spells=[acted, told, store_usage.IdleSpell(999_999, 1.0)]))
+    assert sorted(await db.read(store_usage.idle_spells), key=lambda s: s.job_id) == [acted, told]
+    await db.write(partial(store_usage.save_idle_spells, spells=[], forget=[second]))
+    assert await db.read(store_usage.idle_spells) == [acted]  # the unknown job's was dropped
+    await db.write(partial(delete_job, job_id=first))
+    assert await db.read(store_usage.idle_spells) == []
+
+
 # ---- jobyard metrics ---------------------------------------------------------------------------
 
 
