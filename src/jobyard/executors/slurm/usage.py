@@ -15,7 +15,7 @@ a finished task keeps the last sample taken while it ran.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobyard.executors.slurm.parse import SSTAT_FORMAT, StepUsage
@@ -45,7 +45,7 @@ def by_job(steps: Iterable[StepUsage]) -> dict[str, list[StepUsage]]:
     return found
 
 
-def task_figures(handle: dict[str, Any], steps: list[StepUsage]) -> ReportedUsage | None:
+def task_figures(handle: Mapping[str, Any], steps: list[StepUsage]) -> ReportedUsage | None:
     """A task's figures from its job's steps: the batch step's for a one-task job, the per-task
     average of the srun step (the numbered one with the most tasks) for a multi-worker job."""
     if handle.get("batch_log"):  # a multi-worker job: its tasks run in a numbered srun step
