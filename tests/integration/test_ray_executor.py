@@ -33,7 +33,13 @@ from jobyard.errors import ExecutorRefused
 from jobyard.executors.base import Handle, InterruptedStart
 from jobyard.executors.ray.client import RayJob
 from jobyard.executors.ray.executor import RayExecutor
-from jobyard.executors.ray.status import capacity_of, driver_output, report_of
+from jobyard.executors.ray.status import (
+    capacity_of,
+    driver_output,
+    job_processes,
+    report_of,
+    usage_of,
+)
 from jobyard.executors.ray.submission import build_submission, check_spec
 from jobyard.model import JobSpec, Placement, TaskState, TerminationReason
 from jobyard.model.job import TaskPlacement
@@ -110,6 +116,49 @@ def test_a_submission_carries_env_working_dir_pip_resources_and_metadata(tmp_pat
     assert plain.kwargs()["runtime_env"]["env_vars"]["CUDA_VISIBLE_DEVICES"] == ""
 
 
+def test_py_modules_conda_and_uris_only_ray_can_fetch_go_to_ray(tmp_path: Path) -> None:
+    """As the Ray face leaves a job: each py_modules package unpacked on the server (under
+    <home>/runtime_env/working_dirs, on its PYTHONPATH), conda, a remote working_dir, and its
+    own set-up step (which would fail on conda and the URI: Ray makes them instead)."""
+    unpacked = tmp_path / "runtime_env" / "working_dirs"
+    pkg = unpacked / "a1"
+    (pkg / "mymod").mkdir(parents=True)
+    (pkg / "single.py").write_text("X = 1\n")
+    (pkg / "notes.txt").write_text("not a module\n")
+    local = tmp_path / "local_mod"
+    local.mkdir()
+    p = placement(
+        entrypoint="python -c 'import mymod'",
+        env={"PYTHONPATH": f"{pkg}:/opt/lib"},
+        runtime_env={
+            "py_modules": ["gcs://_ray_pkg_a1.zip", str(local), "s3://bucket/m.zip"],
+            "working_dir": "https://example.com/code.zip",
+            "conda": {"dependencies": ["numpy"]},
+            "config": {"setup_timeout_seconds": 30},
+            "excludes": ["*.log"],
+        },
+        setup="printf 'runtime_env.conda: jobyard does not build conda environments'; exit 78",
+    )
+    sub = build_submission(
+        p, None, stop_wait=1, gpu_type=None, instance="me", unpacked=unpacked
+    )  # fmt: skip
+    env = sub.runtime_env
+    assert env["py_modules"] == [str(pkg / "mymod"), str(pkg / "single.py"), str(local),
+                                 "s3://bucket/m.zip"]  # fmt: skip
+    assert env["working_dir"] == "https://example.com/code.zip"
+    assert env["conda"] == {"dependencies": ["numpy"]}
+    assert (env["config"], env["excludes"]) == ({"setup_timeout_seconds": 30}, ["*.log"])
+    assert env["env_vars"]["PYTHONPATH"] == "/opt/lib"  # the server's copy means nothing there
+    assert "exit 78" not in sub.entrypoint  # Ray sets the environment up, or fails as Ray does
+    kept = build_submission(
+        placement(entrypoint="true", setup="echo mine", env={"PYTHONPATH": str(pkg)}),
+        None, stop_wait=1, gpu_type=None, instance="me", unpacked=unpacked,
+    )  # fmt: skip
+    assert "echo mine" in kept.entrypoint  # nothing for Ray to set up: the step runs
+    assert kept.runtime_env["py_modules"] == [str(pkg / "mymod"), str(pkg / "single.py")]
+    assert "PYTHONPATH" not in kept.runtime_env["env_vars"]
+
+
 def test_multi_worker_jobs_and_pip_command_lines_are_refused_naming_the_field() -> None:
     with pytest.raises(ExecutorRefused, match="one-worker jobs") as info:
         check_spec(JobSpec(entrypoint="true", replicas=2))
@@ -168,6 +217,44 @@ def test_capacity_is_the_live_nodes_total() -> None:
         not capacity.can_grow and capacity_of(nodes, node="x", max_tasks=9, can_grow=True).can_grow
     )
     assert [(g.index, g.model) for g in capacity.gpus] == [(0, "A100"), (1, "A100")]
+
+
+def test_a_jobs_usage_is_its_driver_tasks_and_actors_in_the_dashboards_node_figures() -> None:
+    job = ray_job("RUNNING", ray_job_id="03000000")
+    workers = [
+        {"worker_type": "DRIVER", "worker_id": "03000000ffff", "pid": 10, "node_id": "a"},
+        {"worker_type": "DRIVER", "worker_id": "01000000ffff", "pid": 11, "node_id": "a"},
+    ]
+    tasks = [
+        {"job_id": "03000000", "state": "RUNNING", "worker_pid": 20, "node_id": "b"},
+        {"job_id": "03000000", "state": "FINISHED", "worker_pid": 21, "node_id": "b"},
+        {"job_id": "01000000", "state": "RUNNING", "worker_pid": 22, "node_id": "b"},
+    ]
+    actors = [{"job_id": "03000000", "state": "ALIVE", "pid": 30, "node_id": "a"}]
+    processes = job_processes(job, workers, tasks, actors)
+    assert processes == {"a": {10, 30}, "b": {20}}
+    assert job_processes(ray_job("RUNNING"), workers, tasks, actors) == {}  # no ray.init()
+
+    def proc(pid: int, cpu: float, mib: int) -> dict[str, Any]:
+        return {"pid": pid, "cpuPercent": cpu, "memoryInfo": {"rss": mib * 2**20}}
+
+    gpu = {"index": 1, "utilizationGpu": 70, "memoryUsed": 1024, "memoryTotal": 4096,
+           "processesPids": [{"pid": 20, "gpuMemoryUsage": 1000}]}  # fmt: skip
+    idle_gpu = {**gpu, "index": 0, "processesPids": []}
+    nodes = {
+        "a": {"workers": [proc(10, 150.0, 100), proc(11, 99.0, 999), proc(30, 50.0, 28)]},
+        "b": {"workers": [proc(20, 100.0, 1000)], "gpus": [idle_gpu, gpu]},
+    }
+    usage = usage_of(processes, nodes)
+    assert usage is not None
+    assert (usage.cpu_cores, usage.rss_bytes) == (3.0, 1128 * 2**20)  # cpuPercent: of one core
+    assert usage.gpus is not None and [(g.index, g.utilization_percent) for g in usage.gpus] == [
+        (1, 70.0)
+    ]
+    assert usage.gpus[0].memory_used_bytes == 1024 * 2**20
+    no_gpus = usage_of({"a": {10}}, {"a": nodes["a"]})
+    assert no_gpus is not None and no_gpus.gpus is None  # no GPU figures there: absent
+    assert usage_of({"a": {99}}, nodes) is None  # Ray has figures of none of its processes
 
 
 # ---- the executor on a real head -------------------------------------------------------------
@@ -439,6 +526,88 @@ def test_a_job_submitted_on_any_face_runs_on_the_ray_pool(
                 assert log.endswith("\nuploaded twice\n"), log
             else:
                 assert log == f"{face}\n", (face, log)
+
+
+MODULE_USER = (
+    "import mymod, single; print('MODULE', mymod.WHO, single.X, mymod.__file__.startswith(%r))"
+)
+
+
+def test_the_ray_faces_py_modules_are_uploaded_to_ray_and_conda_is_rays_to_set_up(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """py_modules through the Ray face onto the Ray pool: Ray's client uploads them to jobyard,
+    jobyard's to the cluster, where Ray unpacks them for the driver (not the server's copy).
+    conda goes to Ray too, which fails the job as Ray does where it has no conda."""
+    mods = tmp_path / "mods"
+    (mods / "mymod").mkdir(parents=True)
+    (mods / "mymod" / "__init__.py").write_text("WHO = 'from py_modules'\n")
+    (mods / "single").mkdir()
+    (mods / "single" / "__init__.py").write_text("X = 42\n")
+    ray_face = JobSubmissionClient(
+        server.ray_url, headers={"Authorization": f"Bearer {server.token}"}
+    )
+    home = str(server.settings.home.resolve())
+    sid = ray_face.submit_job(
+        entrypoint=f'{sys.executable} -c "{MODULE_USER % home}"',
+        runtime_env={"py_modules": [str(mods / "mymod"), str(mods / "single")]},
+    )
+    conda = ray_face.submit_job(
+        entrypoint="echo never", runtime_env={"conda": {"dependencies": ["no-such-package"]}}
+    )
+    with server.client() as api:
+        done = server.wait_state(sid, "SUCCEEDED", "FAILED", timeout=60)
+        log = api.get(f"/api/v1/jobs/{done['id']}/logs").text
+        assert done["state"] == "SUCCEEDED", log
+        assert "MODULE from py_modules 42 False" in log  # Ray's copy, on the cluster
+        failed = server.wait_state(conda, "SUCCEEDED", "FAILED", timeout=120)
+        assert failed["state"] == "FAILED", failed
+        assert "RUNTIME_ENV_SETUP_FAILURE" in failed["message"], failed
+        conda_log = api.get(f"/api/v1/jobs/{failed['id']}/logs").text
+    assert "never" not in conda_log
+    assert "jobyard does not build conda" not in conda_log  # Ray's word, not jobyard's
+    assert ray_face.get_job_status(conda).value == "FAILED"
+
+
+BUSY_DRIVER = """
+import ray, time
+ray.init()
+held = bytearray(300 * 2**20)  # resident: written below
+for i in range(0, len(held), 4096):
+    held[i] = 1
+@ray.remote
+def spin(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+task = spin.remote(120)
+end = time.time() + 120
+while time.time() < end:
+    pass
+"""
+
+
+@pytest.mark.slow
+def test_a_ray_jobs_usage_is_sampled_from_rays_own_figures(server: LiveServer) -> None:
+    """A driver on the cluster that holds 300 MiB and keeps a core busy, with a task that keeps
+    another busy: its samples (GET /api/v1/jobs/{ref}/metrics, what `jobyard metrics` shows)
+    come from Ray's dashboard, with no GPU figures (the head has none): absent, not zero."""
+    with server.client() as api:
+        job = submit(api, entrypoint=[sys.executable, "-c", BUSY_DRIVER])
+        try:
+
+            def busy() -> dict[str, Any] | None:
+                reply = api.get(f"/api/v1/jobs/{job['id']}/metrics").json()
+                samples = reply["tasks"][0]["samples"]
+                big = [s for s in samples if (s["memory_rss_bytes"] or 0) > 300 * 2**20]
+                return big[-1] if big and (big[-1]["cpu_cores"] or 0) > 0.05 else None
+
+            sample = wait_for(busy, 90)
+            assert sample["gpus"] is None  # Ray reports no GPU on this head
+            assert sample["cpu_cores"] <= 2.5  # the driver and its task: at most the 2 cores here
+        finally:
+            api.post(f"/api/v1/jobs/{job['id']}/stop")
+        assert server.wait_state(job["id"], "STOPPED", "FAILED", "SUCCEEDED", timeout=60)
 
 
 def test_a_head_that_is_down_makes_new_jobs_wait_then_they_run(

@@ -188,6 +188,11 @@ class ReportedUsage:
 
     cpu_seconds: float | None
     rss_bytes: int | None
+    # Where the executor's source gives a rate rather than a total (Ray's dashboard: each
+    # process's cpuPercent), the cores now; and the GPUs the task's processes are on where it
+    # reports GPUs (None: no GPU figures).
+    cpu_cores: float | None = None
+    gpus: list[GpuReading] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Every `usage_interval_seconds` one pass (`UsageService.sample`):
 1. reads the started tasks of live jobs from the store (one query);
 2. asks the executor for each task's processes on this machine (`Executor.task_pids`); for a
    task it cannot see (it runs elsewhere), for the figures it measured there
-   (`Executor.task_usage`: Slurm's sstat); a task with neither gets no sample;
+   (`Executor.task_usage`: Slurm's sstat, Ray's dashboard); a task with neither gets no sample;
 3. off the event loop, scans /proc once and reads every GPU once (executors/usage.py);
 4. stores one sample per task (a ring of `usage_samples` per task, store/usage.py) in one write;
 5. checks the jobs that set idle_gpu_timeout (`IdleGpus`): a Warning event (IdleGpu) when all
@@ -359,18 +359,22 @@ class UsageService:
     def _reported_samples(
         self, reported: dict[TaskKey, ReportedUsage], at: float
     ) -> dict[TaskKey, UsageSample]:
-        """Samples of the figures an executor reported. CPU cores are the growth of the CPU
-        time since the task's last sample (none for its first: the executor does not say since
-        when); GPUs are None: this machine's NVML does not see the nodes' GPUs."""
+        """Samples of the figures an executor reported. CPU cores are the rate it gives, else
+        the growth of the CPU time since the task's last sample (none for its first: the
+        executor does not say since when); GPUs those it reports (Ray's dashboard), else None:
+        this machine's NVML does not see the nodes' GPUs."""
         when = datetime.fromtimestamp(at, UTC)
         samples = {}
         for key, figures in reported.items():
-            cores = None
-            if figures.cpu_seconds is not None:
+            cores = figures.cpu_cores
+            if cores is None and figures.cpu_seconds is not None:
                 tree = TreeUsage(figures.cpu_seconds, 0, started_at=at, processes=0)
                 cores = self._reported_cpu.cores(key, tree, at)
+            gpus = None if figures.gpus is None else _task_gpus(
+                [g.index for g in figures.gpus], {g.index: g for g in figures.gpus}
+            )  # fmt: skip
             samples[key] = UsageSample(
-                timestamp=when, cpu_cores=cores, memory_rss_bytes=figures.rss_bytes, gpus=None
+                timestamp=when, cpu_cores=cores, memory_rss_bytes=figures.rss_bytes, gpus=gpus
             )
         self._reported_cpu.keep_only(samples)
         return samples

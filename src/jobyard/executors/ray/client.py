@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,20 @@ from typing import Any, TypeVar
 
 import requests
 from ray.job_submission import JobDetails, JobSubmissionClient
+
+try:  # Ray's token authentication (2.52 on): its errors, as Ray's own client words them
+    from ray._private.authentication.http_token_authentication import (
+        format_authentication_http_error,
+    )
+    from ray.exceptions import AuthenticationError
+except ImportError:  # pragma: no cover - an older Ray, without token authentication
+
+    class AuthenticationError(Exception):  # type: ignore[no-redef]
+        pass
+
+    def format_authentication_http_error(status: int, body: str) -> str | None:  # noqa: ARG001
+        return None
+
 
 from jobyard.errors import ExecutorUnavailable, JobyardError
 
@@ -62,6 +77,7 @@ class RayJob:
     exit_code: int | None = None
     start_ms: int | None = None  # when Ray took the submission
     node_id: str | None = None  # the node its driver runs on, once it started
+    ray_job_id: str | None = None  # Ray's id of the driver's job, once it called ray.init()
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -79,21 +95,55 @@ def _ray_job(details: JobDetails) -> RayJob:
         exit_code=details.driver_exit_code,
         start_ms=details.start_time,
         node_id=details.driver_node_id,
+        ray_job_id=details.job_id,
         metadata=dict(details.metadata or {}),
     )
 
 
 class _TimedClient(JobSubmissionClient):
-    """Ray's client with a timeout on every request (Ray's own sets none)."""
+    """Ray's client with a timeout on every request (Ray's own sets none), each thread's
+    requests on one kept-alive connection (Ray's own opens a new one for every request: half
+    of a status call's time on loopback)."""
 
     def __init__(self, address: str | None, *, timeout: float, headers: dict[str, str]) -> None:
         self._timeout = timeout  # before Ray's constructor: it already makes requests
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
         super().__init__(address, headers=headers)
 
-    def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
+    def _do_request(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        data: bytes | None = None,
+        json_data: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Ray's `_do_request` (its authentication errors included) on this thread's session."""
         kwargs.setdefault("timeout", self._timeout)
-        response: requests.Response = super()._do_request(method, endpoint, **kwargs)
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            self._sessions.append(session)
+        response = session.request(
+            method,
+            self._address + endpoint,
+            cookies=self._cookies,
+            data=data,
+            json=json_data,
+            headers=self._headers,
+            verify=self._verify,
+            **kwargs,
+        )
+        formatted = format_authentication_http_error(response.status_code, response.text)
+        if formatted:
+            raise AuthenticationError(formatted)
         return response
+
+    def close_sessions(self) -> None:
+        for session in self._sessions:
+            session.close()
 
     @property
     def http_address(self) -> str:
@@ -106,6 +156,26 @@ class _TimedClient(JobSubmissionClient):
             self._raise_error(response)
         found: list[dict[str, Any]] = response.json()["data"]["result"]["result"]
         return found
+
+    def state(self, resource: str, **equal: str) -> list[dict[str, Any]]:
+        """Ray's State API list of `resource` (actors, workers, ...) whose fields equal these."""
+        params = [("detail", "true"), ("limit", "10000")]
+        for key, value in equal.items():
+            params += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
+        response = self._do_request("GET", f"/api/v0/{resource}", params=params)
+        if response.status_code != 200:
+            self._raise_error(response)
+        found: list[dict[str, Any]] = response.json()["data"]["result"]["result"]
+        return found
+
+    def node_stats(self, node_id: str) -> dict[str, Any]:
+        """The dashboard's figures of one node: its worker processes' CPU and memory, its GPUs
+        and the processes on them (`/nodes/<id>`, from each node's reporter agent)."""
+        response = self._do_request("GET", f"/nodes/{node_id}")
+        if response.status_code != 200:
+            self._raise_error(response)
+        detail: dict[str, Any] = response.json()["data"]["detail"]
+        return detail
 
     def log_file(self, node_id: str, filename: str, lines: int) -> str:
         """The last `lines` of one of Ray's log files on a node (Ray's log API)."""
@@ -145,6 +215,7 @@ class RayClient:
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_concurrent, thread_name_prefix="jobyard-ray")
         self._client: _TimedClient | None = None
+        self._dropped: list[_TimedClient] = []
 
     @property
     def where(self) -> str:
@@ -172,6 +243,8 @@ class RayClient:
             status = exc.response.status_code if exc.response is not None else 0
             raise RayRefused(str(exc), status=status) from exc
         except (requests.RequestException, OSError) as exc:  # refused, timed out, cut off
+            if self._client is not None:  # its sessions are closed with this client
+                self._dropped.append(self._client)
             self._client = None  # connect afresh next time (the head may have moved)
             raise Unreachable(f"the Ray cluster at {self.where} does not answer: {exc}") from exc
         except RuntimeError as exc:
@@ -199,6 +272,26 @@ class RayClient:
                 return None
             raise
 
+    async def look(self, submission_id: str) -> tuple[RayJob | None, str | None]:
+        """The job (None: Ray does not know it) and, if it has ended, its log, asked in one
+        go on one thread: the end of a job is worth its log at once (None if that failed)."""
+
+        def both(c: _TimedClient) -> tuple[RayJob | None, str | None]:
+            try:
+                job = _ray_job(c.get_job_info(submission_id))
+            except RuntimeError as exc:
+                if _status_of(str(exc)) == 404:
+                    return None, None
+                raise
+            if not job.is_terminal:
+                return job, None
+            try:
+                return job, str(c.get_job_logs(submission_id))
+            except (requests.RequestException, OSError, RuntimeError):
+                return job, None
+
+        return await self.call(both)
+
     async def jobs(self) -> dict[str, RayJob]:
         """Every submitted job the cluster knows, by submission id (one request)."""
         found = await self.call(lambda c: [_ray_job(d) for d in c.list_jobs()])
@@ -216,6 +309,12 @@ class RayClient:
     async def nodes(self) -> list[dict[str, Any]]:
         return await self.call(lambda c: c.nodes())
 
+    async def state(self, resource: str, **equal: str) -> list[dict[str, Any]]:
+        return await self.call(lambda c: c.state(resource, **equal))
+
+    async def node_stats(self, node_id: str) -> dict[str, Any]:
+        return await self.call(lambda c: c.node_stats(node_id))
+
     async def supervisor_log(self, job: RayJob, lines: int = 50) -> str:
         """The end of the log Ray's supervisor of the job keeps (what it did on a stop)."""
         if not job.node_id:
@@ -226,6 +325,8 @@ class RayClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for client in [*self._dropped, *([self._client] if self._client else [])]:
+            client.close_sessions()
 
 
 def _status_of(text: str) -> int:

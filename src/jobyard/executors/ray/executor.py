@@ -48,7 +48,14 @@ from jobyard.executors.base import (
 from jobyard.executors.environment import catalog_entry
 from jobyard.executors.handles import RayHandle
 from jobyard.executors.ray.client import RayClient, RayJob, RayRefused, Unreachable
-from jobyard.executors.ray.status import capacity_of, driver_output, report_of, was_killed
+from jobyard.executors.ray.status import (
+    capacity_of,
+    driver_output,
+    job_processes,
+    report_of,
+    usage_of,
+    was_killed,
+)
 from jobyard.executors.ray.submission import (
     Submission,
     base_id,
@@ -56,6 +63,7 @@ from jobyard.executors.ray.submission import (
     check_spec,
     submission_id,
 )
+from jobyard.executors.usage import ReportedUsage
 from jobyard.model import JobSpec, PendingReason, Placement, TaskState, TerminationReason
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,9 @@ class RayExecutor(Executor):
         self._logs_dir = settings.logs_dir.resolve()
         self._instance = f"{settings.node_name}:{settings.home.resolve()}"
         self._saved_capacity = settings.home / "ray-capacity.json"
+        # Where the server unpacks the packages the Ray face takes (server.py gives
+        # RuntimeEnvService <home>/runtime_env): a job's py_modules among them go to Ray.
+        self._unpacked = settings.home / "runtime_env" / "working_dirs"
         self._unavailable: str | None = None  # why the cluster does not answer, while it does not
         self._node = f"ray:{(settings.ray.address or 'default').split('://')[-1]}"
         self._capacity = self._first_capacity()
@@ -93,11 +104,13 @@ class RayExecutor(Executor):
         self._next_check: dict[str, float] = {}
         self._changed_at: dict[str, float] = {}
         self._log_at: dict[str, float] = {}
+        self._final_logs: dict[str, str] = {}  # an ended job's whole log, as the look found it
         self._stop_asked: set[str] = set()
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._work = asyncio.Event()  # set when there is something new to watch
+        self._listed = False  # whether the last round listed every job
 
     # ---- capacity and refusals ----------------------------------------------------------------
 
@@ -197,6 +210,7 @@ class RayExecutor(Executor):
             gpu_type=self._gpu_type(placement.spec.resources.gpu_model),
             instance=self._instance,
             log_base=base,
+            unpacked=self._unpacked,
         )
         submitted, deferred = await self._submit(submission)
         handle = self._handle(placement, submitted.submission_id, base)
@@ -390,10 +404,12 @@ class RayExecutor(Executor):
             except Exception:
                 log.exception("Ray executor: a watcher round failed; going on")
             # A round every poll_interval_seconds, but at most a third of the time spent
-            # asking Ray (a list of many jobs costs it).
+            # asking Ray where a round listed every job (a list of many jobs costs it); a few
+            # gets cost Ray little, and the time they take on a busy server is mostly waiting
+            # for a CPU: resting twice that long would make the end of a job seen later.
             spent = time.monotonic() - began
             period = self._ray.poll_interval_seconds if self._unavailable is None else 1.0
-            await self._rest(max(period - spent, 2 * spent))
+            await self._rest(max(period - spent, 2 * spent if self._listed else spent / 2))
 
     async def _rest(self, pause: float) -> None:
         """Sleep `pause`; with nothing to watch, until a job starts or the capacity is due."""
@@ -419,7 +435,8 @@ class RayExecutor(Executor):
             changed = await self._submit_backlog()
         live = self._live()
         due = [sid for sid in live if self._next_check.get(sid, 0.0) <= now]
-        if len(due) > _MANY:
+        self._listed = len(due) > _MANY
+        if self._listed:
             due = live  # one list of every job answers for all of them
         if due:
             changed = await self._check(due, now) or changed
@@ -458,7 +475,7 @@ class RayExecutor(Executor):
                 every = await self._client.jobs()
                 return {sid: every.get(sid) for sid in sids}
             answers = await asyncio.gather(
-                *(self._client.job(sid) for sid in sids), return_exceptions=True
+                *(self._client.look(sid) for sid in sids), return_exceptions=True
             )
         except Unreachable as exc:
             self._mark_unavailable(exc.message)
@@ -473,7 +490,9 @@ class RayExecutor(Executor):
             elif isinstance(answer, BaseException):
                 log.warning("Ray executor: asking about %s failed: %s", sid, answer)
             else:
-                found[sid] = answer
+                found[sid], text = answer
+                if text is not None:
+                    self._final_logs[sid] = text  # _finish copies it without asking again
         if found:
             self._mark_available()
         return found
@@ -528,11 +547,13 @@ class RayExecutor(Executor):
 
     async def _copy_log(self, sid: str, handle: Handle, job: RayJob, *, final: bool) -> None:
         """Append what the driver printed since the last copy to the task's log file."""
-        try:
-            text = await self._client.logs(sid)
-        except (Unreachable, RayRefused) as exc:
-            log.debug("Ray executor: no log of %s now: %s", sid, exc.message)
-            return
+        text = self._final_logs.pop(sid, None) if final else None
+        if text is None:
+            try:
+                text = await self._client.logs(sid)
+            except (Unreachable, RayRefused) as exc:
+                log.debug("Ray executor: no log of %s now: %s", sid, exc.message)
+                return
         body = driver_output(text, job, final=final)
         path = Path(handle["log"])
         try:
@@ -542,6 +563,34 @@ class RayExecutor(Executor):
         if len(body) > have:
             with contextlib.suppress(OSError), open(path, "ab") as out:
                 out.write(body[max(have, 0) :])
+
+    # ---- usage --------------------------------------------------------------------------------
+
+    async def task_usage(self, handles: Sequence[Handle]) -> list[ReportedUsage | None]:
+        """What Ray's dashboard says each running job's processes use: its driver (once
+        `ray.init()` made it a Ray driver) and the workers of its tasks and actors, found in
+        Ray's State API, their CPU and memory in the figures each node's reporter agent keeps
+        (every few seconds; a job's first ones come some 5-20 s after it started). Three
+        calls, plus one per node the jobs use; None for a job Ray has no figures of (a
+        driver that never called ray.init(), a job not running) or while Ray does not answer."""
+        jobs = [self._seen.get(str(h.get("submission_id") or "")) for h in handles]
+        running = [j for j in jobs if j is not None and j.status == "RUNNING"]
+        if not running or self._unavailable is not None:
+            return [None] * len(handles)
+        try:
+            workers, tasks, actors = await asyncio.gather(
+                self._client.state("workers", is_alive="True", worker_type="DRIVER"),
+                self._client.state("tasks", state="RUNNING"),
+                self._client.state("actors", state="ALIVE"),
+            )
+            processes = {j.submission_id: job_processes(j, workers, tasks, actors) for j in running}
+            wanted = sorted({node for found in processes.values() for node in found})
+            stats = await asyncio.gather(*(self._client.node_stats(n) for n in wanted))
+        except (Unreachable, RayRefused) as exc:
+            log.debug("Ray executor: no usage figures now: %s", exc.message)
+            return [None] * len(handles)
+        nodes = dict(zip(wanted, stats, strict=True))
+        return [usage_of(processes[j.submission_id], nodes) if j in running else None for j in jobs]
 
     # ---- stop, release, close -----------------------------------------------------------------
 
@@ -591,6 +640,7 @@ class RayExecutor(Executor):
             self._next_check,
             self._changed_at,
             self._log_at,
+            self._final_logs,
         ):
             cache.pop(sid, None)
         self._stop_asked.discard(sid)

@@ -1,5 +1,6 @@
 """Pure readings of what Ray says: a job's state as a task report, its driver's output out of
-Ray's log, and the pool's capacity out of the cluster's nodes."""
+Ray's log, the pool's capacity out of the cluster's nodes, and a job's usage out of the
+dashboard's node figures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from jobyard.executors.base import Capacity, GpuInfo, TaskReport
 from jobyard.executors.ray.client import RayJob
+from jobyard.executors.usage import GpuReading, ReportedUsage
 from jobyard.model import TaskState, TerminationReason
 
 _TERM, _KILL = 128 + 15, 128 + 9
@@ -105,4 +107,73 @@ def capacity_of(
             gpus.append(GpuInfo(index=len(gpus), model=model))
     return Capacity(
         node=node, cpus=cpus, memory_mib=memory, gpus=gpus, max_tasks=max_tasks, can_grow=can_grow
+    )
+
+
+def job_processes(
+    job: RayJob,
+    workers: list[dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    actors: list[dict[str, Any]],
+) -> dict[str, set[int]]:
+    """The processes Ray knows of a job, by node, out of its State API: its driver, once
+    `ray.init()` made it one (a DRIVER worker whose worker id begins with the job's id), the
+    workers running its tasks (RUNNING tasks' worker_pid) and its live actors."""
+    found: dict[str, set[int]] = {}
+    ray_job = job.ray_job_id
+    if not ray_job:
+        return found
+
+    def add(node: Any, pid: Any) -> None:
+        if node and isinstance(pid, int) and pid > 0:
+            found.setdefault(str(node), set()).add(pid)
+
+    for worker in workers:
+        if worker.get("worker_type") == "DRIVER" and str(worker.get("worker_id", "")).startswith(
+            ray_job
+        ):
+            add(worker.get("node_id"), worker.get("pid"))
+    for task in tasks:
+        if task.get("job_id") == ray_job and task.get("state") == "RUNNING":
+            add(task.get("node_id"), task.get("worker_pid"))
+    for actor in actors:
+        if actor.get("job_id") == ray_job and actor.get("state") == "ALIVE":
+            add(actor.get("node_id"), actor.get("pid"))
+    return found
+
+
+def usage_of(
+    processes: dict[str, set[int]], nodes: dict[str, dict[str, Any]]
+) -> ReportedUsage | None:
+    """A job's figures out of the dashboard's node figures (`/nodes/<id>`: each worker
+    process's cpuPercent, of one core, and memoryInfo.rss; each GPU's utilizationGpu,
+    memoryUsed/memoryTotal in MiB and the processes on it). None where Ray has figures of none
+    of its processes; GPUs None where its nodes report no GPU at all, else those its
+    processes are on (each by its index on its node)."""
+    cpu, rss, seen, gpus = 0.0, 0, False, list[GpuReading]()
+    any_gpus = False
+    for node_id in sorted(nodes):
+        stats, pids = nodes[node_id], processes.get(node_id, set())
+        for worker in stats.get("workers") or ():
+            if worker.get("pid") in pids:
+                seen = True
+                cpu += float(worker.get("cpuPercent") or 0.0) / 100
+                rss += int((worker.get("memoryInfo") or {}).get("rss") or 0)
+        devices = stats.get("gpus") or []
+        any_gpus = any_gpus or bool(devices)
+        for gpu in devices:
+            users = {p.get("pid") for p in gpu.get("processesPids") or () if isinstance(p, dict)}
+            if users & pids:
+                gpus.append(
+                    GpuReading(
+                        index=int(gpu.get("index") or 0),
+                        utilization_percent=float(gpu.get("utilizationGpu") or 0.0),
+                        memory_used_bytes=int(gpu.get("memoryUsed") or 0) * 2**20,
+                        memory_total_bytes=int(gpu.get("memoryTotal") or 0) * 2**20,
+                    )
+                )
+    if not seen:
+        return None
+    return ReportedUsage(
+        cpu_seconds=None, rss_bytes=rss, cpu_cores=cpu, gpus=gpus if any_gpus else None
     )

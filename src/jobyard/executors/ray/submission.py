@@ -8,6 +8,7 @@ import os
 import shlex
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from jobyard.config import EnvironmentSpec
@@ -97,27 +98,23 @@ def build_submission(
     gpu_type: str | None,
     instance: str,
     log_base: int = 0,
+    unpacked: Path | None = None,
 ) -> Submission:
     """The job's one task as a Ray job. Its metadata says which server submitted it for which
     task and when, and where this attempt's output starts in the task's log, so that a start
-    cut short by a crash is found again (`RayExecutor.find_started`)."""
+    cut short by a crash is found again (`RayExecutor.find_started`). `unpacked` is where the
+    server unpacks the packages a face took (the Ray face's py_modules: see ray_runtime_env)."""
     spec, task = placement.spec, placement.tasks[0]
-    runtime_env: dict[str, Any] = {}
-    pip = (spec.runtime_env or {}).get("pip")
-    if pip is not None:
-        runtime_env["pip"] = pip  # installed by Ray on the cluster
     # On the node, PATH is the node's: Ray expands ${PATH} in env_vars.
     env = task_environment(placement, task, entry, "${PATH}")
     if spec.resources.gpus == 0:
         env["CUDA_VISIBLE_DEVICES"] = ""  # no GPUs asked for: the driver sees none
     env[STOP_WAIT_VARIABLE] = str(math.ceil(stop_wait))
-    if spec.working_dir:
-        runtime_env["working_dir"] = spec.working_dir  # a local one is uploaded by Ray's client
-        _drop_from_pythonpath(env, spec.working_dir)
+    runtime_env = ray_runtime_env(spec, env, unpacked)
     runtime_env["env_vars"] = env
     return Submission(
         submission_id=base_id(placement),
-        entrypoint=entrypoint_of(spec, pip_to_ray=pip is not None),
+        entrypoint=entrypoint_of(spec, ray_sets_up=_set_up_by_ray(runtime_env)),
         runtime_env=runtime_env,
         metadata={
             "jobyard_job_id": str(placement.job_id),
@@ -131,14 +128,90 @@ def build_submission(
     )
 
 
-def entrypoint_of(spec: JobSpec, *, pip_to_ray: bool) -> str:
+def ray_runtime_env(spec: JobSpec, env: dict[str, str], unpacked: Path | None) -> dict[str, Any]:
+    """What Ray sets up for the job on the cluster (`env` loses the server's paths to it):
+
+    - working_dir: a directory on the server is uploaded by Ray's client (Ray's package
+      mechanism); a remote URI the face could not fetch (https://, s3://) is Ray's to fetch;
+    - py_modules: directories and .py files on the server are uploaded the same way, the
+      packages the Ray face unpacked (`unpacked`/<dir>, on the job's PYTHONPATH) as what they
+      hold, and remote URIs are Ray's to fetch;
+    - pip, conda, excludes and config (setup_timeout_seconds, eager_install) as given: Ray
+      installs the packages, or fails the job the way Ray fails it (RUNTIME_ENV_SETUP_FAILURE,
+      with Ray's message), e.g. where the cluster has no conda."""
+    raw = spec.runtime_env or {}
+    out: dict[str, Any] = {key: raw[key] for key in _AS_GIVEN if raw.get(key) is not None}
+    working_dir = spec.working_dir or _remote(raw.get("working_dir"))
+    if working_dir:
+        out["working_dir"] = working_dir
+        if spec.working_dir:
+            _drop_from_pythonpath(env, [spec.working_dir])
+    face_modules = _unpacked_modules(env, unpacked, spec.working_dir)
+    _drop_from_pythonpath(env, face_modules)
+    modules = [str(p) for d in face_modules for p in _module_entries(Path(d))]
+    given = raw.get("py_modules")
+    if isinstance(given, list):
+        modules += [m for m in given if isinstance(m, str) and not m.startswith(_UNPACKED)]
+    if modules:
+        out["py_modules"] = modules
+    return out
+
+
+_AS_GIVEN = ("pip", "conda", "excludes", "config")  # handed to Ray as the job gave them
+_UNPACKED = ("gcs://", "file://")  # the zips a face unpacks on the server
+
+
+def _set_up_by_ray(runtime_env: dict[str, Any]) -> bool:
+    """Whether Ray makes what jobyard's own set-up step would make (or fail on): packages to
+    install, or a URI to fetch."""
+    return (
+        "pip" in runtime_env
+        or "conda" in runtime_env
+        or _remote(runtime_env.get("working_dir")) is not None
+        or any(_remote(m) for m in runtime_env.get("py_modules", ()))
+    )
+
+
+def _remote(uri: Any) -> str | None:
+    """A URI only the cluster can fetch (not a package jobyard took, not a path)."""
+    if isinstance(uri, str) and "://" in uri and not uri.startswith(_UNPACKED):
+        return uri
+    return None
+
+
+def _unpacked_modules(
+    env: dict[str, str], unpacked: Path | None, working_dir: str | None
+) -> list[str]:
+    """The job's PYTHONPATH entries that are packages the server unpacked for it."""
+    if unpacked is None:
+        return []
+    root = unpacked.resolve()
+    return [
+        p
+        for p in env.get("PYTHONPATH", "").split(os.pathsep)
+        if p and p != working_dir and Path(p).resolve().parent == root and Path(p).is_dir()
+    ]
+
+
+def _module_entries(directory: Path) -> list[Path]:
+    """What one unpacked py_modules package holds: its packages (directories) and modules
+    (.py files), each of which Ray uploads as a module of its own."""
+    try:
+        found = sorted(directory.iterdir())
+    except OSError:
+        return []
+    return [p for p in found if p.is_dir() or p.suffix == ".py"]
+
+
+def entrypoint_of(spec: JobSpec, *, ray_sets_up: bool) -> str:
     """The command line Ray's supervisor runs under /bin/sh: the job's argv (a shell string as
     `/bin/sh -c '...'`), then what ends every process the job left running in its process
-    group. Ray itself leaves those running once the driver has exited. Where Ray installs the
-    job's pip requirements, jobyard's own set-up step (a virtualenv on the server) is not run.
+    group. Ray itself leaves those running once the driver has exited. Where Ray sets up the
+    job's runtime_env, jobyard's own set-up step (a virtualenv on the server, or the words of
+    what it cannot set up) is not run.
     The shell that runs both sets no variable before the job starts, and only `_jobyard_*`
     ones after."""
-    if pip_to_ray and spec.setup:
+    if ray_sets_up and spec.setup:
         spec = spec.model_copy(update={"setup": None})
     return f"{shlex.join(spec.argv())}; {_END_THE_GROUP}"
 
@@ -158,12 +231,12 @@ def entrypoint_resources(resources: Resources, gpu_type: str | None) -> dict[str
     return out
 
 
-def _drop_from_pythonpath(env: dict[str, str], working_dir: str) -> None:
-    """Ray puts its copy of the working directory on the driver's path; the server's own path
-    to it means nothing on the cluster."""
-    if "PYTHONPATH" not in env:
+def _drop_from_pythonpath(env: dict[str, str], paths: list[str]) -> None:
+    """Ray puts its copies of the working directory and modules on the driver's path; the
+    server's own paths to them mean nothing on the cluster."""
+    if "PYTHONPATH" not in env or not paths:
         return
-    kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and p != working_dir]
+    kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and p not in paths]
     if kept:
         env["PYTHONPATH"] = os.pathsep.join(kept)
     else:
