@@ -234,6 +234,7 @@ def url_of(sock: socket.socket) -> str:
 def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.db.listen()  # before the first pass and request
         loop_task = asyncio.create_task(runtime.reconciler.run(), name="jobyard-reconciler")
         sampler = asyncio.create_task(runtime.usage.run(), name="jobyard-usage")
         served: list[tuple[Listener, asyncio.Task[None]]] = []

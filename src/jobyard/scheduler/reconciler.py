@@ -37,6 +37,7 @@ from jobyard.scheduler.retry import RetryPolicy
 from jobyard.scheduler.view import LiveView
 from jobyard.store import jobs as q, registries, scheduling as sq
 from jobyard.store.db import Database
+from jobyard.store.leader import Leadership, LostLeadership
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -68,7 +69,9 @@ class Reconciler:
         # starting: held (and never finished) until the executor says what of them it started.
         self._interrupted: dict[int, float] = {}
         self.leading = False  # whether this server schedules (holds the database's leadership)
+        self._leadership: Leadership | None = None
         executor.set_wakeup(self._wake.set)
+        db.feed.on_remote(self._changed_elsewhere)
 
     def wake(self, job_id: int | None = None) -> None:
         """Ask for a pass: for a new submission (None) or a change to one job."""
@@ -77,6 +80,15 @@ class Reconciler:
         self._view.mark(job_id)
         self._wake.set()
 
+    def _changed_elsewhere(self, job_ids: set[int] | None) -> None:
+        """Another server committed changes (a submission, a stop through a standby): a pass
+        for them now (None: anything may have changed, read everything again)."""
+        if job_ids is None:
+            self._view.invalidate()
+            self.wake()
+        for job_id in job_ids or ():
+            self.wake(job_id)
+
     def queue_position(self, job_id: int) -> int | None:
         """Where a queued job stands in its queue at the last pass (1 is next), or None."""
         return self._positions.get(job_id)
@@ -84,30 +96,43 @@ class Reconciler:
     # ---- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        leadership = await self._lead()
-        try:
-            await self._run()
-        finally:
-            self.leading = False
-            with contextlib.suppress(Exception):
-                leadership.invalidate()  # really close it: the advisory lock goes with it
+        """Lead (or stand by until this server may), and schedule while leading. A leader that
+        lost its leadership (store/leader.py: its session ended) stops at its next write and
+        stands by again; a new term starts from the store, as after a restart."""
+        while True:
+            leadership = await self._lead()
+            try:
+                await self._run()
+            except LostLeadership as exc:
+                log.warning("%s: no longer scheduling; standing by", exc)
+            finally:
+                self.leading = False
+                self._leadership = None
+                leadership.close()
 
-    async def _lead(self) -> Connection:
+    async def _lead(self) -> Leadership:
         """Wait until this server is the one that schedules (immediate on SQLite)."""
         waited = False
         while True:
-            conn = await asyncio.to_thread(self._db.try_lead)
-            if conn is not None:
+            try:
+                leadership = await asyncio.to_thread(self._db.try_lead)
+            except Exception:
+                log.warning("cannot ask the database for the leadership yet", exc_info=True)
+                leadership = None
+            if leadership is not None:
+                self._leadership = leadership
                 self.leading = True
                 if waited:
                     log.info("this server now schedules and watches jobs")
-                return conn
+                return leadership
             if not waited:
                 log.info("another server schedules this database's jobs; standing by")
                 waited = True
-            await asyncio.sleep(max(1.0, self._settings.reconcile_interval_seconds))
+            await asyncio.sleep(min(1.0, max(0.2, self._settings.reconcile_interval_seconds)))
 
     async def _run(self) -> None:
+        self._view = LiveView(self._db, self._settings.reconcile_interval_seconds)
+        self._interrupted, self._positions = {}, {}
         await self.recover()
         interval = self._settings.reconcile_interval_seconds
         while True:
@@ -116,6 +141,8 @@ class Reconciler:
             try:
                 with self._metrics.scheduling_pass.time():
                     await self.tick()
+            except LostLeadership:
+                raise
             except Exception:
                 self._metrics.reconciler_errors.inc()
                 log.exception("reconciler pass failed; retrying")
@@ -129,6 +156,7 @@ class Reconciler:
             )
 
     async def tick(self) -> None:
+        await self._hold()
         full = await self._view.refresh()
         await self._find_interrupted()
         await self._observe(full)
@@ -139,10 +167,26 @@ class Reconciler:
         """One of the pass's transactions; then the view reads back the jobs it touched, and
         the change feed tells whoever follows them (store/feed.py)."""
         ids = set(job_ids)
-        result = await self._db.write(fn)
+        result = await self._store(fn)
         self._db.feed.publish(ids)
         await self._view.reload(ids)
         return result
+
+    async def _hold(self) -> None:
+        """A pass outside run() (burst mode: tests, tools) leads for itself, or not at all."""
+        if self._leadership is None:
+            leadership = await asyncio.to_thread(self._db.try_lead)
+            if leadership is None:
+                raise LostLeadership("another server schedules this database's jobs")
+            self._leadership, self.leading = leadership, True
+
+    async def _store(self, fn: Callable[[Connection], _T]) -> _T:
+        """A transaction of the leader's, fenced: it writes only while this server still
+        leads (LostLeadership otherwise; store/leader.py)."""
+        leadership = self._leadership
+        if leadership is None:
+            raise LostLeadership("this server does not lead")
+        return await self._db.write(partial(_fenced, leadership, fn))
 
     # ---- after a restart -----------------------------------------------------------------------
 
@@ -160,7 +204,8 @@ class Reconciler:
                 if any(t.handle is None for t in job.tasks)
             }
 
-        self._interrupted = await self._db.write(caught)
+        await self._hold()
+        self._interrupted = await self._store(caught)
         await self._find_interrupted()
 
     async def _find_interrupted(self) -> None:
@@ -275,7 +320,7 @@ class Reconciler:
         """Write the pending reasons that changed; an event where the code changed."""
         changes, events = start.pending_of(result)
         if changes:
-            await self._db.write(lambda c: sq.set_pending(c, changes, now, events=events))
+            await self._store(lambda c: sq.set_pending(c, changes, now, events=events))
             self._db.feed.publish(job_id for job_id, _, _ in changes)
             self._view.set_pending(changes)
 
@@ -283,7 +328,7 @@ class Reconciler:
         """Claim the placements, start the claimed ones side by side, record what they made."""
         taken = self._view.take(p.job_id for p in placements)
         claimed_at = self._clock()
-        claimed = await self._db.write(partial(start.claim, placements=placements, now=claimed_at))
+        claimed = await self._store(partial(start.claim, placements=placements, now=claimed_at))
         self._db.feed.publish(claimed)
         started = await asyncio.gather(*(self._start(p) for p in placements if p.job_id in claimed))
         now = self._clock()
@@ -352,6 +397,11 @@ class Reconciler:
             return placement
         logins = await self._db.read(partial(registries.logins_of_owner, owner=placement.owner))
         return placement.model_copy(update={"registry_logins": logins}) if logins else placement
+
+
+def _fenced(leadership: Leadership, fn: Callable[[Connection], _T], conn: Connection) -> _T:
+    leadership.fence(conn)
+    return fn(conn)
 
 
 def _record_reattached(conn: Connection, now: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -26,8 +27,11 @@ from sqlalchemy.exc import OperationalError
 
 from jobyard.errors import ExecutorUnavailable
 from jobyard.store.feed import ALONE_RECHECK_SECONDS, RECHECK_SECONDS, JobFeed
+from jobyard.store.leader import MIGRATE_KEY, Leadership, leader_engine, try_lead
+from jobyard.store.notify import Notifier
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _MAX_BATCH = 256
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -66,10 +70,14 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema to the newest migration (Alembic, from the first table)."""
+    """Bring the schema to the newest migration (Alembic, from the first table). On PostgreSQL
+    under a transaction-scoped advisory lock (its own key, not the leader's): servers that
+    start together migrate one after the other, the later ones finding the schema current."""
     writer, _ = make_engines(url)
     try:
         with writer.begin() as conn:
+            if not _is_sqlite(url):
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_KEY})
             cfg = Config()
             cfg.set_main_option("script_location", str(_MIGRATIONS))
             cfg.attributes["connection"] = conn
@@ -79,10 +87,6 @@ def migrate(url: str) -> None:
 
 
 _Op = tuple[Callable[[Connection], Any], "concurrent.futures.Future[Any]"]
-
-
-# The advisory lock key of the scheduling leader on PostgreSQL ("jobyard" as a number).
-_LEADER_KEY = int.from_bytes(b"jobyard", "big")
 
 
 class Database:
@@ -98,6 +102,10 @@ class Database:
         # the database's only one, so every change is published here
         self.feed = JobFeed(ALONE_RECHECK_SECONDS if self.is_sqlite else RECHECK_SECONDS)
         self._writer, self._reader = make_engines(url)
+        self._leader_engine: Engine | None = None
+        # the other servers of a PostgreSQL database hear of this one's changes, and the
+        # reverse (store/notify.py): from listen() on
+        self._notifier = None if self.is_sqlite else Notifier(url, self.feed)
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, "jobyard-db-read")
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._thread = threading.Thread(
@@ -126,35 +134,37 @@ class Database:
         with _storage_errors():
             return future.result()
 
-    def try_lead(self) -> Connection | None:
-        """Try to become the one scheduling server of this database; the returned connection
-        holds the leadership until it is closed (or the process dies).
-
-        SQLite: always (the data directory's lock already allows one server). PostgreSQL: a
-        session advisory lock, so several API servers may share one database while exactly one
-        of them starts and watches jobs."""
-        conn = self._writer.connect()
+    def try_lead(self) -> Leadership | None:
+        """Try to become the one scheduling server of this database (store/leader.py): held
+        until its close() (or the process's end). SQLite: always (the data directory's lock
+        already allows one server). PostgreSQL: a session advisory lock on a connection of its
+        own, so several API servers may share one database while exactly one of them starts
+        and watches jobs."""
         if self.is_sqlite:
-            return conn
-        try:
-            with conn.begin():
-                won = conn.execute(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": _LEADER_KEY}
-                ).scalar()
-        except Exception:
-            conn.close()
-            raise
-        if won:
-            return conn
-        conn.close()
-        return None
+            return Leadership()
+        if self._leader_engine is None:
+            self._leader_engine = leader_engine(self._writer.url)
+        return try_lead(self._leader_engine)
+
+    async def listen(self, timeout: float = 5.0) -> None:
+        """In the event loop that owns the feed: exchange committed changes with the other
+        servers of the database (PostgreSQL's LISTEN/NOTIFY; nothing to do on SQLite);
+        returns once this server listens (or after `timeout`: the feed's recheck covers)."""
+        if self._notifier is not None:
+            self._notifier.start(asyncio.get_running_loop())
+            if not await asyncio.to_thread(self._notifier.wait_listening, timeout):
+                log.warning("not yet listening for other servers' changes")
 
     def close(self) -> None:
+        if self._notifier is not None:
+            self._notifier.stop()
         self._queue.put(None)
         self._thread.join(timeout=10)
         self._readers.shutdown(wait=True)
         self._writer.dispose()
         self._reader.dispose()
+        if self._leader_engine is not None:
+            self._leader_engine.dispose()
 
     def _take_batch(self) -> list[_Op] | None:
         first = self._queue.get()

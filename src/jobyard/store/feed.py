@@ -14,11 +14,12 @@ its wait is not missed:
             ...
             await changed.wait()
 
-Changes another server commits (a PostgreSQL standby's stop, the leader's passes seen from a
-standby) are not published here; until LISTEN/NOTIFY carries them, a wait also ends after
-`recheck_seconds` (2 s on PostgreSQL) and the reader reads again. On SQLite one server owns
-the database (its data directory's lock), so every change is this process's own and the
-recheck is only a backstop (30 s). publish() and the watches belong to the event loop's
+Changes another server commits reach this one on PostgreSQL by LISTEN/NOTIFY (store/notify.py:
+every publish here is also sent on the database's channel, and what the other servers send is
+received here); a wait also ends after `recheck_seconds` (2 s on PostgreSQL), a backstop for
+a notification missed while the listening connection was down. On SQLite one server owns the
+database (its data directory's lock), so every change is this process's own and the recheck
+is only a backstop (30 s). publish(), receive() and the watches belong to the event loop's
 thread.
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 # How often a reader reads again without being told of a change, where other servers may
 # commit changes (PostgreSQL), and where none can (SQLite: one server per database).
@@ -60,11 +61,42 @@ class JobFeed:
     def __init__(self, recheck_seconds: float = RECHECK_SECONDS) -> None:
         self.recheck_seconds = recheck_seconds
         self._watches: dict[int | None, set[Watch]] = {}
+        self._outbound: Callable[[set[int]], None] | None = None
+        self._remote: list[Callable[[set[int] | None], None]] = []
 
     def publish(self, job_ids: Iterable[int]) -> None:
-        """These jobs changed, and the change is committed."""
+        """These jobs changed, and the change is committed (here: the other servers are told
+        too, where something carries it to them)."""
         ids = set(job_ids)
-        if not ids or not self._watches:
+        if not ids:
+            return
+        if self._outbound is not None:
+            self._outbound(ids)
+        self._wake(ids)
+
+    def receive(self, job_ids: set[int] | None) -> None:
+        """Another server committed changes to these jobs (None: to any, as far as this one
+        can tell, e.g. after the listening connection came back)."""
+        for callback in self._remote:
+            callback(job_ids)
+        if job_ids is None:
+            for watches in self._watches.values():
+                for watch in watches:
+                    watch.set()
+        else:
+            self._wake(job_ids)
+
+    def send_to(self, outbound: Callable[[set[int]], None] | None) -> None:
+        """Where this server's changes go beyond it (store/notify.py), or nowhere (None)."""
+        self._outbound = outbound
+
+    def on_remote(self, callback: Callable[[set[int] | None], None]) -> None:
+        """Call `callback` with the ids of each change another server made (the reconciler's
+        wake-up: a standby's submission or stop)."""
+        self._remote.append(callback)
+
+    def _wake(self, ids: set[int]) -> None:
+        if not self._watches:
             return
         for watch in self._watches.get(None, ()):
             watch.set()

@@ -391,7 +391,9 @@ class LocalExecutor(Executor):
         """The task's supervisor (adopted), else its exit file (it ran and ended), else any
         process of it (to be killed: poll() does so, then reports it LOST); else None."""
         handle = self._handle(start.placement, task)
-        supervisor = found.supervisors.get(os.fsencode(handle["exit"]))
+        supervisor = found.supervisors.get(os.fsencode(handle["exit"])) or _started_elsewhere(
+            handle, found
+        )
         if supervisor is not None:
             handle["pid"], handle["start_ticks"] = supervisor[0], supervisor[1]
         elif not (
@@ -580,6 +582,24 @@ def _key(handle: Handle) -> processes.TaskKey | None:
     if not isinstance(key, list) or len(key) != 3:
         return None
     return str(key[0]), str(key[1]), str(key[2])
+
+
+def _started_elsewhere(handle: Handle, found: processes.Scan) -> tuple[int, int] | None:
+    """The supervisor of this task started by another server of the database on this machine
+    (whose leadership this one took over: PostgreSQL): its exit file lies in that server's
+    data directory, and its process carries this task's key. The handle takes its paths."""
+    key = _key(handle)
+    if key is None or containers.in_container(handle):
+        return None  # a container's files are named by the server that made them
+    members = set(found.members.get(key, ()))
+    exit_path = Path(handle["exit"])
+    tail = os.fsencode(f"/{exit_path.parent.name}/{exit_path.name}")
+    for path, supervisor in found.supervisors.items():
+        if supervisor[0] in members and path.endswith(tail):
+            log_dir = Path(os.fsdecode(path)).parent
+            handle.update(exit=os.fsdecode(path), log=str(log_dir / Path(handle["log"]).name))
+            return supervisor
+    return None
 
 
 def _modified_since(path: str, since: float) -> bool:
