@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     database_url: str | None = None
+    # API processes of this server (jobyard server --workers; server.py): default 1 on SQLite,
+    # the number of cores on PostgreSQL
+    workers: Annotated[int | None, Field(ge=1, le=256)] = None
     executor: str = "local"
     node_name: str = Field(default_factory=lambda: os.uname().nodename)
     # Timing: every delay is configuration with a sane default.
@@ -264,6 +267,11 @@ class Settings(BaseSettings):
         ids = [e.id for e in self.environments]
         if len(set(ids)) != len(ids):
             raise ValueError(f"environments: ids must be unique, got {ids}")
+        if (self.workers or 1) > 1 and self.effective_database_url.startswith("sqlite"):
+            raise ValueError(
+                'workers: more than 1 needs PostgreSQL (database_url = "postgresql://..."); '
+                "on SQLite one process owns the database"
+            )
         ports = self.gateway_ports
         if not (1 <= ports.start <= ports.stop - 1 <= 65535):
             raise ValueError("gateway_port_range: must be LOW-HIGH with 1 <= LOW <= HIGH <= 65535")
@@ -292,6 +300,12 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def effective_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.effective_database_url.startswith("sqlite") else os.cpu_count() or 1
 
     @property
     def logs_dir(self) -> Path:

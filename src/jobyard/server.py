@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -47,7 +47,7 @@ class Runtime:
     auth: AuthService
     jobs: JobService
     logs: LogService
-    home_lock: int
+    home_lock: int | None  # None in a worker: its parent holds the data directory's lock
     access: AccessService
     gateway: Gateway
     metrics: Metrics
@@ -57,7 +57,8 @@ class Runtime:
     async def close(self) -> None:
         await self.executor.close()
         self.db.close()
-        os.close(self.home_lock)  # releases the lock on the data directory
+        if self.home_lock is not None:
+            os.close(self.home_lock)  # releases the lock on the data directory
 
 
 def prepare_home(settings: Settings) -> None:
@@ -85,19 +86,21 @@ def lock_home(settings: Settings) -> int:
     return fd
 
 
-def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
+def build(settings: Settings, gpus: GpuSource | None = None, *, worker: bool = False) -> Runtime:
     """Wire everything. Runs migrations and writes the admin token before any request.
     `gpus`: where usage samples get GPU figures (default: NVML, if the executor's tasks run
-    here)."""
+    here). A `worker` (of `jobyard server --workers`) leaves the data directory's lock and the
+    migrations to its parent, which did both before it started."""
     prepare_home(settings)
-    home_lock = lock_home(settings)
+    home_lock = None if worker else lock_home(settings)
     metrics = Metrics()
     try:
         url = settings.effective_database_url
-        migrate(url)
+        if not worker:
+            migrate(url)
         db = Database(url, on_commit=metrics.store_commit.observe)
     except BaseException:
-        os.close(home_lock)
+        unlock_home(home_lock)
         raise
     try:
         executor = load_executor(settings.executor, settings)
@@ -106,7 +109,7 @@ def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
         auth.bootstrap_admin(settings.admin_token_path)
     except BaseException:
         db.close()
-        os.close(home_lock)
+        unlock_home(home_lock)
         raise
     jobs = JobService(
         db,
@@ -139,6 +142,11 @@ def build(settings: Settings, gpus: GpuSource | None = None) -> Runtime:
         usage,
         RegistryService(db),
     )
+
+
+def unlock_home(home_lock: int | None) -> None:
+    if home_lock is not None:
+        os.close(home_lock)
 
 
 class _Companion(uvicorn.Server):
@@ -231,20 +239,30 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def create_server_app(runtime: Runtime, listeners: Sequence[Listener] = ()) -> FastAPI:
+def create_server_app(
+    runtime: Runtime, listeners: Sequence[Listener] = (), *, duties: bool = True
+) -> FastAPI:
+    """The ASGI app, whose lifespan runs the reconciler (which leads or stands by) and, with
+    `duties` (every server, and the first worker of `--workers`), the usage sampler and the
+    gateway's listeners, which must run once per server."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.db.listen()  # before the first pass and request
         loop_task = asyncio.create_task(runtime.reconciler.run(), name="jobyard-reconciler")
-        sampler = asyncio.create_task(runtime.usage.run(), name="jobyard-usage")
+        sampler = asyncio.create_task(
+            runtime.usage.run() if duties else asyncio.sleep(0), name="jobyard-usage"
+        )
         served: list[tuple[Listener, asyncio.Task[None]]] = []
         try:
             for listener in listeners:
                 served.append((listener, await listener.start()))
-            await runtime.gateway.start()
+            if duties:
+                await runtime.gateway.start()
             yield
         finally:
-            await runtime.gateway.stop()
+            if duties:
+                await runtime.gateway.stop()
             for listener, task in served:
                 await listener.stop(task)
             for task in (sampler, loop_task):
@@ -274,13 +292,46 @@ def serve(settings: Settings) -> None:
     # The ports first: a server refused for a busy port leaves nothing on disk.
     sock = listen(settings.host, settings.port)
     ray_socks = _ray_sockets(settings)
+    if settings.effective_workers > 1:
+        from jobyard.workers import serve_workers
+
+        serve_workers(settings, sock, ray_socks)
+        return
     runtime = build(settings)
+    server = _uvicorn(runtime, ray_socks)
+    announce(settings, sock, ray_socks)
+    run_announced(server, settings, sock)
+
+
+def serve_worker(
+    settings: Settings, sock: socket.socket, ray_socks: list[socket.socket], index: int
+) -> None:
+    """Worker `index` of `jobyard server --workers` (workers.py): the whole server on its
+    parent's sockets; the first one also samples usage and runs the gateway."""
+    runtime = build(settings, worker=True)
+    _uvicorn(runtime, ray_socks, duties=index == 0).run(sockets=[sock])
+
+
+def _uvicorn(
+    runtime: Runtime, ray_socks: list[socket.socket], *, duties: bool = True
+) -> uvicorn.Server:
+    settings = runtime.settings
     listeners = [ray_listener(runtime, ray_sock) for ray_sock in ray_socks]
-    app = create_server_app(runtime, listeners)
+    app = create_server_app(runtime, listeners, duties=duties)
     # Long-lived objects (modules, models, engines) never need the cyclic collector again:
     # freezing them keeps full collections from pausing requests for tens of milliseconds.
     gc.collect()
     gc.freeze()
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
+    return uvicorn.Server(config)
+
+
+def announce(settings: Settings, sock: socket.socket, ray_socks: list[socket.socket]) -> None:
     log.info(
         "jobyard on %s (data in %s; admin token in %s)",
         url_of(sock),
@@ -289,18 +340,18 @@ def serve(settings: Settings) -> None:
     )
     for ray_sock in ray_socks:
         log.info("Ray job API on %s", url_of(ray_sock))
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-    )
-    run_announced(uvicorn.Server(config), settings, sock)
 
 
 def run_announced(server: uvicorn.Server, settings: Settings, sock: socket.socket) -> None:
-    """Serve on `sock`, its URL in $home/server.url (0600) while it listens, for the CLI to
-    find (jobyard.client.discovery). The file goes when run() returns or raises (Ctrl-C);
+    """Serve on `sock`, its URL in $home/server.url while it listens (run_announced_file)."""
+    with run_announced_file(settings, sock):
+        server.run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def run_announced_file(settings: Settings, sock: socket.socket) -> Iterator[None]:
+    """`sock`'s URL in $home/server.url (0600) while the block runs, for the CLI to find
+    (jobyard.client.discovery). The file goes when the block returns or raises (Ctrl-C);
     uvicorn ends a SIGTERM by dying of it, so then (and after a SIGKILL) it stays, and clients
     ignore it: the pid in server.lock is gone. The next start replaces it."""
     path, tmp = settings.home / "server.url", settings.home / "server.url.tmp"
@@ -309,6 +360,6 @@ def run_announced(server: uvicorn.Server, settings: Settings, sock: socket.socke
         f.write(url_of(sock) + "\n")
     os.replace(tmp, path)
     try:
-        server.run(sockets=[sock])
+        yield
     finally:
         path.unlink(missing_ok=True)

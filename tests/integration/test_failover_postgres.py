@@ -118,6 +118,7 @@ def _led_by_another(url: str, servers: list[ServerProcess], pid: int) -> bool:
 
 def test_failover_under_submissions(tmp_path: Path, fresh_postgres_url: str) -> None:
     env = {"JOBYARD_DATABASE_URL": fresh_postgres_url, "JOBYARD_LOG_LEVEL": "info"}
+    env["JOBYARD_WORKERS"] = "1"  # one process per server: the one killed is the leader
     servers = []
     for name in ("a", "b"):
         home = tmp_path / name

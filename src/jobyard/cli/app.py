@@ -49,6 +49,13 @@ def server(
         int | None,
         typer.Option(help="port of the Ray job API; 0: off [default: 8265, or JOBYARD_RAY_PORT]"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="API processes sharing the ports; more than 1 needs PostgreSQL "
+            "[default: 1 on SQLite, the number of cores on PostgreSQL, or JOBYARD_WORKERS]"
+        ),
+    ] = None,
 ) -> None:
     """Start the jobyard server (SQLite and the local executor unless configured)."""
     # The server's dependencies load only for this command.
@@ -59,7 +66,7 @@ def server(
     from jobyard.server import serve
 
     # Only options given on the command line override JOBYARD_* variables and the TOML file.
-    given = {"host": host, "port": port, "home": home, "ray_port": ray_port}
+    given = {"host": host, "port": port, "home": home, "ray_port": ray_port, "workers": workers}
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
