@@ -32,6 +32,7 @@ from jobyard.scheduler.reconciler import Reconciler
 from jobyard.service import AuthService, JobService, LogService, figures
 from jobyard.service.access import AccessService
 from jobyard.service.registries import RegistryService
+from jobyard.service.terminals import TerminalTokens
 from jobyard.service.usage import UsageService
 from jobyard.store.db import Database, migrate
 
@@ -281,7 +282,7 @@ def create_server_app(
         registries=runtime.registries,
         lifespan=lifespan,
         max_request_bytes=runtime.settings.max_request_bytes,
-        terminal_token_ttl=runtime.settings.terminal_token_ttl_seconds,
+        terminals=TerminalTokens(runtime.db, runtime.settings.terminal_token_ttl_seconds),
     )
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from websockets.sync.client import connect
 
 from tests.helpers import wait_for
 from tests.integration.server_process import ServerProcess
 from tests.integration.test_failover_postgres import leader_pid
+from tests.integration.test_web_terminal import Screen, _running_job, _terminal_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -88,6 +90,29 @@ def test_two_workers_share_a_port_and_one_schedules(
         server.stop()
     assert server.proc is not None and server.proc.returncode == 0, server.output()[-3000:]
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_a_terminal_url_works_whichever_worker_the_socket_reaches(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    """The token is in the database: a worker other than the one that issued it redeems it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    server = ServerProcess(
+        home, tmp_path / "server.log", JOBYARD_DATABASE_URL=fresh_postgres_url, JOBYARD_WORKERS="2"
+    )
+    server.start(timeout=90)
+    try:
+        job = _running_job(server)  # type: ignore[arg-type]
+        for i in range(8):  # new connections: the kernel spreads them over both workers
+            with connect(_terminal_url(server, job)) as ws:  # type: ignore[arg-type]
+                screen = Screen(ws)
+                screen.type(f"echo round=$((40+{i}))\r")
+                screen.wait(rf"round={40 + i}\r\n")
+        with server.client() as http:
+            http.post(f"/api/jobs/{job['jobId']}/stop")
+    finally:
+        server.stop()
 
 
 def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:

@@ -22,12 +22,13 @@ from jobyard.api.native.usage import router as usage_router
 from jobyard.api.paas.mapping import render_problem as render_paas
 from jobyard.api.paas.routes import router as paas_router
 from jobyard.api.responses import JSONResponse
-from jobyard.api.terminal import TerminalTokens, router as terminal_router
+from jobyard.api.terminal import router as terminal_router
 from jobyard.api.training import render_problem as render_training, router as training_router
 from jobyard.metrics import Metrics
 from jobyard.service import AuthService, JobService, LogService
 from jobyard.service.access import AccessService
 from jobyard.service.registries import RegistryService
+from jobyard.service.terminals import TerminalTokens
 from jobyard.service.usage import UsageService
 from jobyard.web import (
     WebSocketOriginCheck,
@@ -46,7 +47,7 @@ def create_app(
     logs: LogService,
     lifespan: Lifespan | None = None,
     max_request_bytes: int | None = None,
-    terminal_token_ttl: float = 60.0,
+    terminals: TerminalTokens,
     access: AccessService | None = None,
     metrics: Metrics | None = None,
     usage: UsageService | None = None,
@@ -65,7 +66,7 @@ def create_app(
     app.state.auth = auth
     app.state.jobs = jobs
     app.state.logs = logs
-    app.state.terminals = TerminalTokens(terminal_token_ttl)
+    app.state.terminals = terminals
     app.state.access = access
     app.state.registries = registries  # None: registry logins are not served here
     app.state.usage = usage  # None: no usage figures (a 404 naming "usage")

@@ -2,9 +2,9 @@
 
 A face hands out a URL carrying a single-use token (`TerminalTokens.issue`, after checking
 the caller may open a shell into that task); the WebSocket at `/webterminal?token=...`
-authenticates with that token only. The token is bound to the user, job and task, is kept in
-memory, expires (`terminal_token_ttl_seconds`, 60 s by default) and is never logged
-(`api.redaction`).
+authenticates with that token only. The token is bound to the user, job and task, is kept
+in the database (service/terminals.py: any worker or server may redeem it, once), expires
+(`terminal_token_ttl_seconds`, 60 s by default) and is never logged (`api.redaction`).
 
 Wire protocol (the original platform's channel scheme, plus plain text):
 - binary frame, byte 0 then keystrokes: input for the shell (a frame of NUL bytes only is the
@@ -27,17 +27,15 @@ import codecs
 import contextlib
 import json
 import logging
-import secrets
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 
 from jobyard.errors import JobyardError
 from jobyard.model import EventType, JobState
-from jobyard.service import JobService, Shell, TerminalSize, User
+from jobyard.service import JobService, Shell, TerminalSize
+from jobyard.service.terminals import Grant, TerminalTokens
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +45,6 @@ POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 ROUTE_NAME = "webterminal"
 _SIZE = TerminalSize(rows=24, cols=80)  # until the client says its own
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What a token opens: one task of one job, for one user, until `expires_at`."""
-
-    user: User
-    job: str
-    task: str
-    expires_at: float
-
-
-class TerminalTokens:
-    """Single-use, expiring terminal tokens, in memory (a restart forgets them)."""
-
-    def __init__(self, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self._clock = clock
-        self._grants: dict[str, Grant] = {}
-
-    def issue(self, user: User, job: str, task: str) -> str:
-        now = self._clock()
-        self._grants = {k: g for k, g in self._grants.items() if g.expires_at > now}
-        token = secrets.token_urlsafe(32)
-        self._grants[token] = Grant(user, job, task, now + self.ttl)
-        return token
-
-    def redeem(self, token: str) -> Grant | None:
-        """The grant of a valid token, which is used up; None if unknown, used or expired."""
-        grant = self._grants.pop(token, None)
-        if grant is None or grant.expires_at <= self._clock():
-            return None
-        return grant
 
 
 def terminal_url(request: Request, token: str) -> str:
@@ -96,7 +61,7 @@ router = APIRouter()
 async def webterminal(websocket: WebSocket) -> None:
     tokens: TerminalTokens = websocket.app.state.terminals
     jobs: JobService = websocket.app.state.jobs
-    grant = tokens.redeem(websocket.query_params.get("token", ""))
+    grant = await tokens.redeem(websocket.query_params.get("token", ""))
     await websocket.accept()
     if grant is None:
         await websocket.close(POLICY_VIOLATION, "terminal token is unknown, used or expired")

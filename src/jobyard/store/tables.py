@@ -250,3 +250,16 @@ class IdleGpuSpellRow(Base):
     since: Mapped[float | None] = mapped_column(Float, nullable=True)
     acted: Mapped[bool] = mapped_column(Boolean, default=False)
     unmeasured: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TerminalTokenRow(Base):
+    """A web terminal URL's single-use token (service/terminals.py), by its SHA-256: in the
+    database, so that whichever worker or server the WebSocket reaches can redeem it."""
+
+    __tablename__ = "terminal_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    job: Mapped[str] = mapped_column(String(128))
+    task: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

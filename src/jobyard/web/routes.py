@@ -290,7 +290,7 @@ async def open_terminal(request: Request, ref: str, user: CheckedUser) -> dict[s
     task = str(body.get("task") or "") or None
     job, _ = await jobs.shell(user, ref, task)  # refuses a job or task that is not running
     name = next((t.name for t in job.tasks if task in (None, t.name, str(t.index))), "")
-    token = request.app.state.terminals.issue(user, str(job.id), name)
+    token = await request.app.state.terminals.issue(user, str(job.id), name)
     scheme = "wss" if request.url.scheme == "https" else "ws"
     return {"url": f"{scheme}://{request.url.netloc}/webterminal?token={token}"}
 

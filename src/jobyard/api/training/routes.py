@@ -11,11 +11,12 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from jobyard.api.deps import CurrentUser, JobsDep, LogsDep
-from jobyard.api.terminal import TerminalTokens, terminal_url
+from jobyard.api.terminal import terminal_url
 from jobyard.api.training.mapping import ERRORS, STATUS, event, job_detail, job_item, ok
 from jobyard.api.training.schemas import JobCreateBody, parse_list_query
 from jobyard.errors import ExecutorRefused, InvalidInput, JobyardError, NotFound
 from jobyard.service import LogQuery
+from jobyard.service.terminals import TerminalTokens
 
 router = APIRouter(prefix="/api/jobs", tags=["training"], responses=ERRORS)
 
@@ -179,5 +180,5 @@ async def web_terminal(
         raise ExecutorRefused("this server's executor cannot open a terminal into a pod")
     job, _ = await jobs.shell(user, job_id, pod_name)
     task = next(t for t in job.tasks if pod_name in (t.name, str(t.index)))
-    token = terminals.issue(user, str(job.id), task.name)
+    token = await terminals.issue(user, str(job.id), task.name)
     return ok({"webTerminalUrl": terminal_url(request, token), "expiresIn": terminals.ttl})
