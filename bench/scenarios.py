@@ -27,6 +27,7 @@ from bench.metrics import metrics
 from bench.ray import ray
 from bench.ray_executor import ray_executor
 from bench.report import Result, at_least, at_most, info, percentile
+from bench.scaleout import scaleout
 from bench.scheduler import scheduler
 from bench.server import Server, running_server
 from bench.slurm import slurm
@@ -390,4 +391,5 @@ SCENARIOS: dict[str, Callable[[Options], list[Result]]] = {
     "dashboard": dashboard,
     "usage": usage,
     "metrics": metrics,
+    "scaleout": scaleout,
 }
