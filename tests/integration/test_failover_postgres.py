@@ -183,11 +183,12 @@ def _check(
     outcome = collections.Counter(state.split(":")[0] for state in states.values())
     succeeded = {sid for sid, state in states.items() if state == "SUCCEEDED"}
     assert succeeded <= set(ran)  # each SUCCEEDED one ran (once)
-    # A job a kill caught between its spawn and the write of its handle, whose task ended
-    # before the new leader looked, ends LOST with its reason; everything else succeeds.
+    # A job a kill caught between its spawn and the write of its handle (a pass stores the
+    # handles of all it started at once), whose task ended before the new leader looked, ends
+    # LOST with its reason (docs/reliability.md, Known limits); everything else succeeds.
     failed = {sid: s for sid, s in states.items() if s != "SUCCEEDED"}
     assert set(outcome) <= {"SUCCEEDED", "FAILED/LOST"}, failed
-    assert outcome["FAILED/LOST"] <= 8 * KILLS, failed
+    assert outcome["FAILED/LOST"] <= len(states) // 20, failed
     assert len(takeovers) == KILLS and max(takeovers) < TAKEOVER, takeovers
     reasons = collections.Counter(s.split(": ", 1)[1] for s in failed.values())
     print(

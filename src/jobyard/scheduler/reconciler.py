@@ -41,6 +41,7 @@ from jobyard.store.leader import Leadership, LostLeadership
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_STANDBY_WAIT = 1.0  # seconds a standby waits in the leader's lock before it asks again
 
 
 class Reconciler:
@@ -111,13 +112,15 @@ class Reconciler:
                 leadership.close()
 
     async def _lead(self) -> Leadership:
-        """Wait until this server is the one that schedules (immediate on SQLite)."""
+        """Wait until this server is the one that schedules (immediate on SQLite). A standby
+        waits in the database's lock, a second at a time, so it leads as soon as it is free."""
         waited = False
         while True:
             try:
-                leadership = await asyncio.to_thread(self._db.try_lead)
+                leadership = await _ask(self._db, _STANDBY_WAIT if waited else 0.0)
             except Exception:
                 log.warning("cannot ask the database for the leadership yet", exc_info=True)
+                await asyncio.sleep(_STANDBY_WAIT)
                 leadership = None
             if leadership is not None:
                 self._leadership = leadership
@@ -128,7 +131,6 @@ class Reconciler:
             if not waited:
                 log.info("another server schedules this database's jobs; standing by")
                 waited = True
-            await asyncio.sleep(min(1.0, max(0.2, self._settings.reconcile_interval_seconds)))
 
     async def _run(self) -> None:
         self._view = LiveView(self._db, self._settings.reconcile_interval_seconds)
@@ -397,6 +399,24 @@ class Reconciler:
             return placement
         logins = await self._db.read(partial(registries.logins_of_owner, owner=placement.owner))
         return placement.model_copy(update={"registry_logins": logins}) if logins else placement
+
+
+async def _ask(db: Database, wait_seconds: float) -> Leadership | None:
+    """Database.try_lead in a thread. If the caller is cancelled meanwhile (the server stops),
+    a leadership the thread still gets is given up at once, not kept by nobody."""
+    asked = asyncio.ensure_future(asyncio.to_thread(db.try_lead, wait_seconds))
+    try:
+        return await asyncio.shield(asked)
+    except asyncio.CancelledError:
+        asked.add_done_callback(_give_up)
+        raise
+
+
+def _give_up(asked: asyncio.Future[Leadership | None]) -> None:
+    if not asked.cancelled() and asked.exception() is None:
+        leadership = asked.result()
+        if leadership is not None:
+            leadership.close()
 
 
 def _fenced(leadership: Leadership, fn: Callable[[Connection], _T], conn: Connection) -> _T:

@@ -134,17 +134,17 @@ class Database:
         with _storage_errors():
             return future.result()
 
-    def try_lead(self) -> Leadership | None:
+    def try_lead(self, wait_seconds: float = 0.0) -> Leadership | None:
         """Try to become the one scheduling server of this database (store/leader.py): held
         until its close() (or the process's end). SQLite: always (the data directory's lock
         already allows one server). PostgreSQL: a session advisory lock on a connection of its
         own, so several API servers may share one database while exactly one of them starts
-        and watches jobs."""
+        and watches jobs; `wait_seconds`: how long to wait for it (a standby's wait)."""
         if self.is_sqlite:
             return Leadership()
         if self._leader_engine is None:
             self._leader_engine = leader_engine(self._writer.url)
-        return try_lead(self._leader_engine)
+        return try_lead(self._leader_engine, wait_seconds)
 
     async def listen(self, timeout: float = 5.0) -> None:
         """In the event loop that owns the feed: exchange committed changes with the other

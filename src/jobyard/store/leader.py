@@ -11,8 +11,8 @@ leads. The lock goes when that session ends, and PostgreSQL ends it as soon as i
   server's `tcp_keepalives_*` and `tcp_user_timeout`, set for that session; libpq's for the
   client) end the session within about `_DEAD_AFTER_SECONDS`.
 
-A standby asks for the lock every second or so, so it takes over within a few seconds of the
-old leader's end. (An `idle_session_timeout` would not do: a leader's lock session is idle by
+A standby waits in the lock itself (`pg_advisory_lock` under a 1 s `lock_timeout`, asked
+again each time it passes), so it leads the moment the old leader's session ends. (An `idle_session_timeout` would not do: a leader's lock session is idle by
 design. A lease row with an expiry would need a heartbeat write and a wait for the expiry even
 after a clean death; the advisory lock is freed the moment its session is.)
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 
 from sqlalchemy import URL, Connection, Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 # The advisory lock key of the scheduling leader ("jobyard" as a number), and the one that
@@ -47,6 +48,7 @@ _SESSION_OPTIONS = (
     f"-c tcp_keepalives_idle={_KEEPALIVE_IDLE} -c tcp_keepalives_interval={_KEEPALIVE_INTERVAL} "
     f"-c tcp_keepalives_count={_KEEPALIVE_COUNT} -c tcp_user_timeout={_DEAD_AFTER_SECONDS * 1000}"
 )
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout passed
 _HELD = text(
     "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = :hi AND objid = :lo"
     " AND objsubid = 1 AND pid = :pid AND granted"
@@ -104,14 +106,15 @@ def leader_engine(url: str | URL) -> Engine:
     )
 
 
-def try_lead(engine: Engine) -> Leadership | None:
-    """The leadership, if no other session holds it (PostgreSQL)."""
+def try_lead(engine: Engine, wait_seconds: float = 0.0) -> Leadership | None:
+    """The leadership, if no other session holds it, or gives it up within `wait_seconds`
+    (PostgreSQL). A standby waits in the lock itself, so it leads the moment the old
+    leader's session ends rather than at its next try."""
     conn = engine.connect()
     try:
         with conn.begin():
-            won = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_KEY})
-            held = bool(won.scalar())
-            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            held = _take(conn, wait_seconds)
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one() if held else 0
     except Exception:
         conn.invalidate()
         conn.close()
@@ -120,3 +123,20 @@ def try_lead(engine: Engine) -> Leadership | None:
         conn.close()
         return None
     return Leadership(conn, int(pid))
+
+
+def _take(conn: Connection, wait_seconds: float) -> bool:
+    key = {"key": LEADER_KEY}
+    if wait_seconds <= 0:
+        return bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar())
+    conn.execute(text(f"SET LOCAL lock_timeout = {int(wait_seconds * 1000)}"))
+    savepoint = conn.begin_nested()
+    try:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), key)
+    except OperationalError as exc:
+        savepoint.rollback()
+        if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            return False
+        raise
+    savepoint.commit()
+    return True
