@@ -12,9 +12,10 @@ leads. The lock goes when that session ends, and PostgreSQL ends it as soon as i
   client) end the session within about `_DEAD_AFTER_SECONDS`.
 
 A standby waits in the lock itself (`pg_advisory_lock` under a 1 s `lock_timeout`, asked
-again each time it passes), so it leads the moment the old leader's session ends. (An `idle_session_timeout` would not do: a leader's lock session is idle by
-design. A lease row with an expiry would need a heartbeat write and a wait for the expiry even
-after a clean death; the advisory lock is freed the moment its session is.)
+again each time it passes), so it leads the moment the old leader's session ends. (An
+`idle_session_timeout` would not do: a leader's lock session is idle by design. A lease row
+with an expiry would need a heartbeat write and a wait for the expiry even after a clean
+death; the advisory lock is freed the moment its session is.)
 
 The fence: a leader that lost its lock (its session ended while the process lives on, say a
 network cut) must not go on starting jobs once another server may. So every transaction of the
