@@ -125,5 +125,5 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert "workers: more than 1 needs PostgreSQL" in done.stderr
+    assert "error: workers: more than 1 needs PostgreSQL" in done.stderr
     assert "Traceback" not in done.stderr

@@ -72,7 +72,11 @@ def server(
     except ValidationError as exc:
         for problem in exc.errors():
             where = ".".join(str(p) for p in problem["loc"])
-            typer.echo(f"error: setting {where}: {problem['msg']}", err=True)
+            # a check across settings has no loc; its message names them
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            typer.echo(
+                f"error: setting {where}: {message}" if where else f"error: {message}", err=True
+            )
         raise typer.Exit(2) from None
     except ValueError as exc:  # e.g. JOBYARD_CONFIG names no file
         typer.echo(f"error: {exc}", err=True)
