@@ -1,10 +1,7 @@
 """Scale-out: submit figures of one server process beside `--workers 2`, on SQLite and on
 PostgreSQL (8 clients; jobs held QUEUED, which measures the control plane, and jobs running;
 submit->RUNNING p50), and the failover time of two servers on one PostgreSQL database: the
-leader is killed -9 and a job submitted through the other server runs (kill -> RUNNING).
-
-SQLite with `--workers 2` is refused at start (one process owns a SQLite database); its row
-says so."""
+leader is killed -9 and a job submitted through the other server runs (kill -> RUNNING)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import asyncio
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -36,7 +32,7 @@ def scaleout(options: object) -> list[Result]:
     quick = bool(getattr(options, "quick", False))
     seconds, trips, kills = (2.0, 30, 3) if quick else (5.0, 100, 10)
     results = _figures("SQLite, 1 process", {"workers": "1"}, seconds, trips)
-    results.append(_sqlite_workers_refused())
+    results += _figures("SQLite, --workers 2", {"workers": "2"}, seconds, trips)
     if not postgres.available():
         results.append(info("scaleout", "PostgreSQL figures", 0, "", "skipped: no initdb"))
         return results
@@ -72,18 +68,6 @@ def _figures(
             "scaleout", f"{label}: submit->RUNNING p50", p50, "ms", 20, f"{trips} jobs, state log"
         ),
     ]
-
-
-def _sqlite_workers_refused() -> Result:
-    with tempfile.TemporaryDirectory(prefix="jobyard-bench-") as home:
-        done = subprocess.run(
-            [sys.executable, "-m", "jobyard", "server", "--home", home, "--workers", "2"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    said = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "(nothing)"
-    return info("scaleout", "SQLite, --workers 2: exit status", done.returncode, "", said)
 
 
 async def _held(target: Target, seconds: float) -> load.Load:

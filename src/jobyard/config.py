@@ -145,6 +145,10 @@ class PoolSpec(BaseModel):
     gpus: list[GpuSpec] | None = None
 
 
+def _in_memory(sqlite_url: str) -> bool:
+    return ":memory:" in sqlite_url or sqlite_url.rstrip("/") in ("sqlite:", "sqlite")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JOBYARD_", env_nested_delimiter="__", extra="forbid"
@@ -267,10 +271,12 @@ class Settings(BaseSettings):
         ids = [e.id for e in self.environments]
         if len(set(ids)) != len(ids):
             raise ValueError(f"environments: ids must be unique, got {ids}")
-        if (self.workers or 1) > 1 and self.effective_database_url.startswith("sqlite"):
+        url = self.effective_database_url
+        if (self.workers or 1) > 1 and url.startswith("sqlite") and _in_memory(url):
             raise ValueError(
-                'workers: more than 1 needs PostgreSQL (database_url = "postgresql://..."); '
-                "on SQLite one process owns the database"
+                "workers: more than 1 needs a database file that every worker opens (the "
+                "default SQLite file under home, or PostgreSQL); an in-memory SQLite database "
+                "belongs to one process"
             )
         ports = self.gateway_ports
         if not (1 <= ports.start <= ports.stop - 1 <= 65535):

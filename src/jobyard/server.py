@@ -99,7 +99,8 @@ def build(settings: Settings, gpus: GpuSource | None = None, *, worker: bool = F
         url = settings.effective_database_url
         if not worker:
             migrate(url)
-        db = Database(url, on_commit=metrics.store_commit.observe)
+        meeting = settings.home / "workers" if worker else None  # where SQLite workers meet
+        db = Database(url, on_commit=metrics.store_commit.observe, workers_dir=meeting)
     except BaseException:
         unlock_home(home_lock)
         raise

@@ -1,20 +1,21 @@
-"""`jobyard server --workers N`: N processes serve the same ports (PostgreSQL only).
+"""`jobyard server --workers N`: N processes serve the same ports.
 
 One Python process caps the submit rate (the API and the reconciler share one GIL). With
 workers, the parent binds the ports, takes the data directory's lock, migrates the database
 and writes the admin token; then it forks N workers, each a whole server (server.py
 serve_worker) that accepts on the shared sockets, so the kernel spreads connections over them.
 Exactly one of them schedules: the database's leader lock (store/leader.py) elects it among
-the workers as among servers, and LISTEN/NOTIFY (store/notify.py) wakes it for the others'
-submissions; every write is committed before its answer, so a request to any worker reads
-what an earlier one wrote. The first worker also samples usage and runs the gateway (things
-one server does once).
+the workers as among servers (on SQLite a flock in $home/workers/), and LISTEN/NOTIFY
+(store/notify.py; on SQLite unix datagram sockets in that directory, store/peers.py) wakes it
+for the others' submissions; every write is committed before its answer, so a request to
+any worker reads what an earlier one wrote. The first worker also samples usage and runs the
+gateway (things one server does once).
 
 The parent only supervises: it forwards SIGTERM and SIGINT to the workers, starts a worker
 again if one dies while serving (a new worker stands by, or leads if the dead one led), and
 ends when all have ended. A worker dies with its parent (PR_SET_PDEATHSIG), so a killed
-parent leaves no worker serving. On SQLite one process owns the database: more than one
-worker is refused when the settings load (config.py).
+parent leaves no worker serving. An in-memory SQLite database belongs to one process: more
+than one worker is refused when the settings load (config.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def _prepare_database(settings: Settings) -> None:
     """Migrations and the admin token, once, before any worker starts (and no thread of this
     process outlives it: the workers are forked)."""
     url = settings.effective_database_url
+    meeting = settings.home / "workers"  # SQLite: the workers' leader lock and feed sockets
+    meeting.mkdir(mode=0o700, exist_ok=True)
+    for stale in meeting.glob("*.sock"):
+        stale.unlink(missing_ok=True)
     migrate(url)
     db = Database(url)
     try:

@@ -1,5 +1,6 @@
-"""`jobyard server --workers N`: N processes on one port over one PostgreSQL database, one of
-them scheduling; on SQLite more than one worker is refused with a message."""
+"""`jobyard server --workers N`: N processes on one port over one database (the server's SQLite
+file, or PostgreSQL), one of them scheduling; an in-memory SQLite database is refused with a
+message."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,7 +23,34 @@ from tests.integration.server_process import ServerProcess
 from tests.integration.test_failover_postgres import leader_pid
 from tests.integration.test_web_terminal import Screen, _running_job, _terminal_url
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.slow
+Leader = Callable[[ServerProcess], "int | None"]
+
+
+@dataclass
+class Backend:
+    env: dict[str, str]
+    leader: Leader  # the pid of the worker that schedules, or None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "sqlite":
+        return Backend({}, _sqlite_leader)
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return Backend({"JOBYARD_DATABASE_URL": url}, lambda server: _leading_worker(url, server))
+
+
+def _sqlite_leader(server: ServerProcess) -> int | None:
+    """The worker holding the flock on workers/leader.lock (from /proc/locks)."""
+    inode = os.stat(server.home / "workers" / "leader.lock").st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        if int(fields[5].split(":")[-1]) == inode:
+            return int(fields[4])
+    return None
 
 
 def _workers(server: ServerProcess) -> list[psutil.Process]:
@@ -48,14 +78,10 @@ def _as_server(server: ServerProcess, pid: int) -> ServerProcess:
     return view
 
 
-def test_two_workers_share_a_port_and_one_schedules(
-    tmp_path: Path, fresh_postgres_url: str
-) -> None:
+def test_two_workers_share_a_port_and_one_schedules(tmp_path: Path, backend: Backend) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    server = ServerProcess(
-        home, tmp_path / "server.log", JOBYARD_DATABASE_URL=fresh_postgres_url, JOBYARD_WORKERS="2"
-    )
+    server = ServerProcess(home, tmp_path / "server.log", JOBYARD_WORKERS="2", **backend.env)
     marks = tmp_path / "marks"
     marks.touch()
     server.start(timeout=90)
@@ -73,14 +99,15 @@ def test_two_workers_share_a_port_and_one_schedules(
         for job_id in ids:
             assert server.wait_state(job_id, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
         assert max(collections.Counter(marks.read_text().split()).values()) == 1
-        leader = wait_for(lambda: _leading_worker(fresh_postgres_url, server), timeout=10)
+        leader = wait_for(lambda: backend.leader(server), timeout=10)
+        assert leader in {w.pid for w in _workers(server)}
         # The leading worker dies: the parent starts another, and a worker leads again.
         os.kill(leader, signal.SIGKILL)
         wait_for(
             lambda: len(_workers(server)) == 2 and leader not in {w.pid for w in _workers(server)},
             timeout=60,
         )
-        later = wait_for(lambda: _leading_worker(fresh_postgres_url, server), timeout=60)
+        later = wait_for(lambda: backend.leader(server), timeout=60)
         assert later != leader
         with server.client() as http:
             job = http.post("/api/v1/jobs", json={"entrypoint": "true"}).json()
@@ -93,14 +120,12 @@ def test_two_workers_share_a_port_and_one_schedules(
 
 
 def test_a_terminal_url_works_whichever_worker_the_socket_reaches(
-    tmp_path: Path, fresh_postgres_url: str
+    tmp_path: Path, backend: Backend
 ) -> None:
     """The token is in the database: a worker other than the one that issued it redeems it."""
     home = tmp_path / "home"
     home.mkdir()
-    server = ServerProcess(
-        home, tmp_path / "server.log", JOBYARD_DATABASE_URL=fresh_postgres_url, JOBYARD_WORKERS="2"
-    )
+    server = ServerProcess(home, tmp_path / "server.log", JOBYARD_WORKERS="2", **backend.env)
     server.start(timeout=90)
     try:
         job = _running_job(server)  # type: ignore[arg-type]
@@ -115,8 +140,9 @@ def test_a_terminal_url_works_whichever_worker_the_socket_reaches(
         server.stop()
 
 
-def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
+def test_more_than_one_worker_on_an_in_memory_database_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_")}
+    env["JOBYARD_DATABASE_URL"] = "sqlite://"
     done = subprocess.run(
         [sys.executable, "-m", "jobyard", "server", "--home", str(tmp_path), "--workers", "2"],
         env=env,
@@ -125,5 +151,5 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert "error: workers: more than 1 needs PostgreSQL" in done.stderr
+    assert "error: workers: more than 1 needs a database file that every worker" in done.stderr
     assert "Traceback" not in done.stderr

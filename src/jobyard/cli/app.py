@@ -52,7 +52,7 @@ def server(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="API processes sharing the ports; more than 1 needs PostgreSQL "
+            help="API processes sharing the ports "
             "[default: 1 on SQLite, the number of cores on PostgreSQL, or JOBYARD_WORKERS]"
         ),
     ] = None,

@@ -25,13 +25,22 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:
-    """The gateway's host key: made once (ed25519), kept in the data directory, mode 0600."""
+    """The gateway's host key: made once (ed25519), kept in the data directory, mode 0600.
+    Written aside and linked into place, so processes that start together (the workers of
+    `jobyard server --workers`) all end up with the one key, never a half-written file."""
     if path.exists():
         return asyncssh.read_private_key(str(path))
     key = asyncssh.generate_private_key("ssh-ed25519")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    aside = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key.export_private_key())
+    try:
+        os.link(aside, path)
+    except FileExistsError:  # another process made it first: theirs is the key
+        return asyncssh.read_private_key(str(path))
+    finally:
+        aside.unlink()
     return key
 
 

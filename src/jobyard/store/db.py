@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import logging
+import os
 import queue
 import threading
 import time
@@ -27,8 +29,9 @@ from sqlalchemy.exc import OperationalError
 
 from jobyard.errors import ExecutorUnavailable
 from jobyard.store.feed import ALONE_RECHECK_SECONDS, RECHECK_SECONDS, JobFeed
-from jobyard.store.leader import MIGRATE_KEY, Leadership, leader_engine, try_lead
+from jobyard.store.leader import MIGRATE_KEY, Leadership, file_lead, leader_engine, try_lead
 from jobyard.store.notify import Notifier
+from jobyard.store.peers import Peers
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -93,19 +96,36 @@ class Database:
     """The store's entry point. Build one per server (no module-level engine)."""
 
     def __init__(
-        self, url: str, *, readers: int = 4, on_commit: Callable[[float], None] | None = None
+        self,
+        url: str,
+        *,
+        readers: int = 4,
+        on_commit: Callable[[float], None] | None = None,
+        workers_dir: Path | None = None,
     ) -> None:
+        """`workers_dir`: on SQLite, where the worker processes of one server (--workers) meet:
+        their leader's file lock and their change feed's sockets (store/peers.py)."""
         self.url = url
         self._on_commit = on_commit or (lambda _seconds: None)  # a batch's transaction, timed
         self.is_sqlite = _is_sqlite(url)
         # committed job changes, published by the writers (feed.py); on SQLite this server is
         # the database's only one, so every change is published here
-        self.feed = JobFeed(ALONE_RECHECK_SECONDS if self.is_sqlite else RECHECK_SECONDS)
+        alone = self.is_sqlite and workers_dir is None
+        self.feed = JobFeed(ALONE_RECHECK_SECONDS if alone else RECHECK_SECONDS)
+        self._workers_dir = workers_dir if self.is_sqlite else None
         self._writer, self._reader = make_engines(url)
         self._leader_engine: Engine | None = None
         # the other servers of a PostgreSQL database hear of this one's changes, and the
         # reverse (store/notify.py): from listen() on
         self._notifier = None if self.is_sqlite else Notifier(url, self.feed)
+        self._peers = None if self._workers_dir is None else Peers(self._workers_dir, self.feed)
+        # SQLite workers take turns to write by a flock, which wakes the next one the moment
+        # the last commits (SQLite's own busy wait sleeps in steps of up to 100 ms)
+        self._turns = (
+            None
+            if self._workers_dir is None
+            else os.open(self._workers_dir / "write.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        )
         self._readers = concurrent.futures.ThreadPoolExecutor(readers, "jobyard-db-read")
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._thread = threading.Thread(
@@ -140,6 +160,8 @@ class Database:
         already allows one server). PostgreSQL: a session advisory lock on a connection of its
         own, so several API servers may share one database while exactly one of them starts
         and watches jobs; `wait_seconds`: how long to wait for it (a standby's wait)."""
+        if self._workers_dir is not None:  # one of the workers of a SQLite server
+            return file_lead(self._workers_dir / "leader.lock", wait_seconds)
         if self.is_sqlite:
             return Leadership()
         if self._leader_engine is None:
@@ -150,12 +172,16 @@ class Database:
         """In the event loop that owns the feed: exchange committed changes with the other
         servers of the database (PostgreSQL's LISTEN/NOTIFY; nothing to do on SQLite);
         returns once this server listens (or after `timeout`: the feed's recheck covers)."""
+        if self._peers is not None:
+            self._peers.start(asyncio.get_running_loop())
         if self._notifier is not None:
             self._notifier.start(asyncio.get_running_loop())
             if not await asyncio.to_thread(self._notifier.wait_listening, timeout):
                 log.warning("not yet listening for other servers' changes")
 
     def close(self) -> None:
+        if self._peers is not None:
+            self._peers.stop()
         if self._notifier is not None:
             self._notifier.stop()
         self._queue.put(None)
@@ -165,6 +191,20 @@ class Database:
         self._reader.dispose()
         if self._leader_engine is not None:
             self._leader_engine.dispose()
+        if self._turns is not None:
+            os.close(self._turns)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn to write, among the workers of a SQLite server (else always)."""
+        if self._turns is None:
+            yield
+            return
+        fcntl.flock(self._turns, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
 
     def _take_batch(self) -> list[_Op] | None:
         first = self._queue.get()
@@ -195,7 +235,7 @@ class Database:
         functions of their arguments and the database, so running one again is safe)."""
         started = time.perf_counter()
         try:
-            with self._writer.connect() as conn, conn.begin():
+            with self._turn(), self._writer.connect() as conn, conn.begin():
                 values = [fn(conn) for fn, _future in batch]
         except Exception as exc:
             if len(batch) == 1:
@@ -210,7 +250,7 @@ class Database:
     def _run_apart(self, batch: list[_Op]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
-            with self._writer.connect() as conn, conn.begin():
+            with self._turn(), self._writer.connect() as conn, conn.begin():
                 for fn, future in batch:
                     results.append((future, *_run_in_savepoint(conn, fn)))
         except Exception as exc:  # the commit itself failed: nobody's write is durable

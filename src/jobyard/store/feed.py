@@ -18,9 +18,10 @@ Changes another server commits reach this one on PostgreSQL by LISTEN/NOTIFY (st
 every publish here is also sent on the database's channel, and what the other servers send is
 received here); a wait also ends after `recheck_seconds` (2 s on PostgreSQL), a backstop for
 a notification missed while the listening connection was down. On SQLite one server owns the
-database (its data directory's lock), so every change is this process's own and the recheck
-is only a backstop (30 s). publish(), receive() and the watches belong to the event loop's
-thread.
+database (its data directory's lock): the changes of its other workers (--workers) arrive by
+unix datagrams (store/peers.py, recheck 2 s); a single process's are all its own, and its
+recheck is only a backstop (30 s). publish(), receive() and the watches belong to the event
+loop's thread.
 """
 
 from __future__ import annotations

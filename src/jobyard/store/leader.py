@@ -30,6 +30,10 @@ asked to start a job only after its claim committed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
 
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
@@ -64,9 +68,12 @@ class Leadership:
     """Held from try_lead() until close(). On SQLite it holds nothing (the data directory's
     lock already makes this server the only one) and its fence never fails."""
 
-    def __init__(self, conn: Connection | None = None, backend_pid: int | None = None) -> None:
+    def __init__(
+        self, conn: Connection | None = None, backend_pid: int | None = None, fd: int | None = None
+    ) -> None:
         self._conn = conn
         self._pid = backend_pid
+        self._fd = fd  # the workers' file lock (SQLite with --workers: file_lead)
 
     def fence(self, conn: Connection) -> None:
         """In a transaction of the leader's: raise LostLeadership unless the lock is still this
@@ -83,11 +90,32 @@ class Leadership:
 
     def close(self) -> None:
         """Give the leadership up: the session ends, and the advisory lock with it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.invalidate()  # really close it, never back into a pool
                 self._conn.close()
             self._conn = None
+
+
+def file_lead(path: Path, wait_seconds: float = 0.0) -> Leadership | None:
+    """Among the worker processes of one SQLite server: an exclusive flock on `path`, held
+    until close() or the process's end (it cannot be lost while the process lives, so its
+    fence has nothing to check)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.02)
+            continue
+        return Leadership(fd=fd)
 
 
 def leader_engine(url: str | URL) -> Engine:
