@@ -584,7 +584,7 @@ def _key(handle: Handle) -> processes.TaskKey | None:
     return str(key[0]), str(key[1]), str(key[2])
 
 
-def _started_elsewhere(handle: Handle, found: processes.Scan) -> tuple[int, int] | None:
+def _started_elsewhere(handle: LocalHandle, found: processes.Scan) -> tuple[int, int] | None:
     """The supervisor of this task started by another server of the database on this machine
     (whose leadership this one took over: PostgreSQL): its exit file lies in that server's
     data directory, and its process carries this task's key. The handle takes its paths."""
@@ -597,7 +597,8 @@ def _started_elsewhere(handle: Handle, found: processes.Scan) -> tuple[int, int]
     for path, supervisor in found.supervisors.items():
         if supervisor[0] in members and path.endswith(tail):
             log_dir = Path(os.fsdecode(path)).parent
-            handle.update(exit=os.fsdecode(path), log=str(log_dir / Path(handle["log"]).name))
+            handle["exit"] = os.fsdecode(path)
+            handle["log"] = str(log_dir / Path(handle["log"]).name)
             return supervisor
     return None
 
