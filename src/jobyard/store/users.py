@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from jobyard.model import JobState
 from jobyard.store.tables import JobRow, RegistryCredentialRow, TokenRow, UserRow
@@ -47,9 +48,16 @@ def hash_token(token: str) -> str:
 
 
 def ensure_user(conn: Connection, name: str, *, is_admin: bool, now: float) -> User:
+    """The user `name`, made if missing. Two servers starting together on one PostgreSQL
+    database both find no admin and both insert one: the second insert fails on the unique
+    name once the first commits, and then reads the user the first one made."""
     row = conn.execute(select(UserRow).where(UserRow.name == name)).first()
     if row is None:
-        return insert_user(conn, name, is_admin=is_admin, now=now)
+        try:
+            with conn.begin_nested():
+                return insert_user(conn, name, is_admin=is_admin, now=now)
+        except IntegrityError:
+            row = conn.execute(select(UserRow).where(UserRow.name == name)).one()
     return User(id=row.id, name=row.name, is_admin=row.is_admin)
 
 

@@ -8,6 +8,7 @@ database with `migrate()` and talks to it through one `Database` (group-commit w
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import threading
@@ -74,7 +75,14 @@ from jobyard.store.tables import (
     StateLogRow,
     TaskRow,
 )
-from jobyard.store.users import add_token, ensure_user, has_admin, user_for_token
+from jobyard.store.users import (
+    User,
+    add_token,
+    ensure_user,
+    has_admin,
+    insert_user,
+    user_for_token,
+)
 from tests.factories import new_job
 
 NOW = 1_700_000_000.5  # exactly representable: timestamps round-trip without rounding noise
@@ -998,6 +1006,40 @@ async def test_a_cancelled_write_does_not_stop_the_writer(sqlite_db: Database) -
 
 
 # ---- users ----------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_two_servers_making_the_admin_at_once_share_it(fresh_postgres_url: str) -> None:
+    """Two servers started together on an empty PostgreSQL database both find no admin and
+    both insert one: the second insert waits on the first's unique name, fails once it
+    commits, and then takes the user the first made (it crashed the second server before)."""
+    migrate(fresh_postgres_url)
+    writer, _ = make_engines(fresh_postgres_url)
+    other = Database(fresh_postgres_url)
+    try:
+        with writer.connect() as first:
+            first.begin()
+            made = insert_user(first, "admin", is_admin=True, now=NOW)
+            second: concurrent.futures.Future[User] = concurrent.futures.Future()
+
+            def ensure() -> None:
+                try:
+                    second.set_result(
+                        other.write_sync(partial(ensure_user, name="admin", is_admin=True, now=NOW))
+                    )
+                except Exception as exc:  # the test's failure, reported below
+                    second.set_exception(exc)
+
+            thread = threading.Thread(target=ensure)
+            thread.start()
+            with pytest.raises(concurrent.futures.TimeoutError):
+                second.result(timeout=0.5)  # waits on the first's uncommitted name
+            first.commit()
+            assert second.result(timeout=10) == made
+            thread.join()
+    finally:
+        other.close()
+        writer.dispose()
 
 
 async def test_users_and_tokens(db: Database) -> None:
