@@ -44,7 +44,7 @@ need() {
 need "ssh scp sshpass" "openssh-client sshpass" "the OpenSSH client tests of the SSH gateway"
 need "chromium" "chromium" "the dashboard's browser tests"
 need "npm" "npm" "the dashboard's terminal tab tests (xterm.js comes from npm)"
-need "podman docker-registry busybox" "podman catatonit docker-registry busybox-static" \
+need "podman runc docker-registry busybox" "podman catatonit runc docker-registry busybox-static" \
   "the container tests (tests/integration/test_containers.py)"
 need "htpasswd" "apache2-utils" \
   "the private registry tests (tests/integration/test_registry_credentials.py: a bcrypt htpasswd)"
@@ -52,7 +52,7 @@ need "htpasswd" "apache2-utils" \
 # Can podman run a container with this machine's defaults? Some VMs cannot: crun fails on a hybrid
 # cgroup hierarchy, and a root without CAP_SYS_RESOURCE cannot raise the open-files limit to
 # podman's default. Then a containers.conf for this machine (never jobyard's own settings) takes
-# runc and lower limits, unless one is there already.
+# runc and lower limits, unless one is there already (so runc is installed beside podman's crun).
 podman_runs() {
   local root image=localhost/jobyard-test-deps/busybox:probe ok=1
   root=$(mktemp -d) || return 1
