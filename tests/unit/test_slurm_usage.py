@@ -72,6 +72,8 @@ def test_a_one_task_job_is_its_batch_step_and_a_multi_worker_job_its_srun_step()
     )
     assert task_figures({"batch_log": "/l/x-batch.log"}, steps["2"]) is None  # srun not started
     assert task_figures({}, []) is None
+    # a job completing: sstat still lists its batch step, with no figures
+    assert task_figures({"batch_log": None}, parse_sstat("7.batch|1|\n")) is None
 
 
 def test_the_gather_type_is_read_from_scontrol_show_config() -> None:

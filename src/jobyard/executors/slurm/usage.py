@@ -53,6 +53,6 @@ def task_figures(handle: Mapping[str, Any], steps: list[StepUsage]) -> ReportedU
         step = max(numbered, key=lambda s: (s.tasks, int(s.step_name)), default=None)
     else:
         step = next((s for s in steps if s.step_name == "batch"), None)
-    if step is None:
-        return None
+    if step is None or (step.cpu_seconds is None and step.rss_bytes is None):
+        return None  # a step sstat lists with empty fields (its job completing): no figures
     return ReportedUsage(cpu_seconds=step.cpu_seconds, rss_bytes=step.rss_bytes)
