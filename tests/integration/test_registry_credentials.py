@@ -172,7 +172,7 @@ def test_the_auth_file_is_private_while_the_pull_runs_and_gone_after_a_stop(
     """Through a proxy that holds each connection a while, so the pull lasts long enough to
     look at its auth file; the first job is stopped while it pulls, the second pulls."""
     (alice,) = _users(server, "alice")
-    with slow_proxy(private.registry, 0.4) as registry, server.client(alice) as http:
+    with slow_proxy(private.registry, 0.8) as registry, server.client(alice) as http:
         login = {"registry": registry, "username": private.username, "password": private.password}
         assert http.post(CREDENTIALS, json=login).status_code == 201
         image = private.image.replace(private.registry, registry)
@@ -183,14 +183,17 @@ def test_the_auth_file_is_private_while_the_pull_runs_and_gone_after_a_stop(
             auth = folder / "config.json"
             assert stat.S_IMODE(auth.stat().st_mode) == 0o600
             assert list(json.loads(auth.read_text())["auths"]) == [registry]
-            assert server.job(job["id"])["pending_reason"] == "PULLING"
+            # the job's record says so once the pass that started it is committed
+            reason = wait_for(lambda j=job["id"]: server.job(j)["pending_reason"], timeout=10)
+            assert reason == "PULLING"
             if stop:
                 assert http.post(f"/api/v1/jobs/{job['id']}/stop").status_code == 202
                 assert server.wait_state(job["id"], "STOPPED", timeout=30)["state"] == "STOPPED"
             else:
                 done = server.wait_state(job["id"], "SUCCEEDED", "FAILED", timeout=60)
                 assert done["state"] == "SUCCEEDED", done
-            assert _auth_dirs(server.home) == []
+            # gone with the pull's end (the stop's clean-up may end just after the job does)
+            assert wait_for(lambda: _auth_dirs(server.home) == [], timeout=10)
     subprocess.run(["podman", "rmi", "-f", image], capture_output=True, check=False)
 
 

@@ -697,9 +697,9 @@ async def stop_task(handle: Handle, grace: float, *, alive: Callable[[], bool]) 
     for proc in escaped:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+    forget_auth(handle)  # the pull is over: before `rm -f`, which may take a while
     if runtime is not None:
         await asyncio.to_thread(remove_containers, runtime, [handle["container"]])
-    forget_auth(handle)
 
 
 def forget_auth(handle: Handle) -> None:
