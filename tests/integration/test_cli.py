@@ -626,6 +626,9 @@ def test_logs_follow_gives_up_once_the_server_stays_away(
     try:
         with Client(server.url, server.token) as sdk:
             job = sdk.submit("echo first; sleep 30")
+            # running first: what is tested is the end of the follow, not its start (a busy
+            # CI machine may take seconds to start the job)
+            wait_for(lambda: sdk.logs(job.id) == "first\n", timeout=60)
             follower = Follower(sdk, job.id, write=written.append, patience=1.0)
 
             def follow() -> None:
