@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond its Python packages, for `make test` (and so for CI):
 # a single-machine Slurm, OpenSSH's clients with sshpass, Chromium, npm, podman with a registry
-# (docker-registry) and a static busybox for the container tests. Where this user may
+# (docker-registry), a static busybox and mmdebstrap for the container tests. Where this user may
 # install (root, or sudo without a password) and JOBYARD_TEST_INSTALL is not 0, missing pieces
 # are installed from the Debian archive; otherwise one line per piece says which tests will
 # skip and how to get it. It never fails the run: a piece it cannot set up means skipped tests,
@@ -46,6 +46,8 @@ need "chromium" "chromium" "the dashboard's browser tests"
 need "npm" "npm" "the dashboard's terminal tab tests (xterm.js comes from npm)"
 need "podman runc docker-registry busybox" "podman catatonit runc docker-registry busybox-static" \
   "the container tests (tests/integration/test_containers.py)"
+need "mmdebstrap" "mmdebstrap" \
+  "the container test of a Python program in a Debian image (tests/integration/test_containers.py)"
 need "htpasswd" "apache2-utils" \
   "the private registry tests (tests/integration/test_registry_credentials.py: a bcrypt htpasswd)"
 

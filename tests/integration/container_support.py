@@ -37,6 +37,8 @@ PODMAN = shutil.which("podman")
 BUSYBOX = shutil.which("busybox")
 REGISTRY = shutil.which("docker-registry")
 HTPASSWD = shutil.which("htpasswd")
+MMDEBSTRAP = shutil.which("mmdebstrap")
+NO_MMDEBSTRAP = "no mmdebstrap to make an image with Python (apt-get install mmdebstrap)"
 NO_HTPASSWD = "no htpasswd for a registry that asks for a login (apt-get install apache2-utils)"
 
 
@@ -165,6 +167,59 @@ def session_images() -> Iterator[Images]:
                 yield Images(local=local, remote=remote, registry=registry, names=(local, remote))
             finally:
                 podman("rmi", "-f", local, remote, check=False)
+
+
+def _apt_sources() -> list[str]:
+    """This machine's apt sources (the archive its packages come from), for mmdebstrap."""
+    found = [str(p) for p in sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))]
+    listed = Path("/etc/apt/sources.list")
+    if listed.is_file() and any(
+        line.strip().startswith("deb ") for line in listed.read_text().splitlines()
+    ):
+        found.append(str(listed))
+    return found
+
+
+def _suite() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME":
+            return value.strip().strip('"')
+    raise AssertionError("no VERSION_CODENAME in /etc/os-release")
+
+
+@contextlib.contextmanager
+def python_image(images: Images) -> Iterator[str]:
+    """An image with Debian's python3 and dash, made by mmdebstrap from this machine's Debian
+    archive (the packages extracted, no maintainer scripts: a few seconds, 60 MB), pushed to
+    the session's registry and not in the local store: a job with it pulls it."""
+    if MMDEBSTRAP is None:
+        pytest.skip(NO_MMDEBSTRAP)
+    sources = _apt_sources()
+    assert sources, "no apt sources on this machine for mmdebstrap"
+    with tempfile.TemporaryDirectory(prefix="jobyard-python-") as tmp:
+        archive = Path(tmp) / "rootfs.tar"
+        made = subprocess.run(
+            [MMDEBSTRAP, "--quiet", "--variant=extract", "--include=python3,dash"]
+            + [_suite(), str(archive), *sources],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert made.returncode == 0, f"mmdebstrap: {made.stderr.strip()}"
+        local = f"localhost/jobyard-test-{uuid.uuid4().hex[:8]}/python:3"
+        remote = f"{images.registry}/jobyard-test/python:3"
+        podman("import", "-q", str(archive), local)
+        try:
+            podman("push", "-q", "--tls-verify=false", local, remote)
+        finally:
+            podman("rmi", "-f", local, remote, check=False)
+        try:
+            yield remote
+        finally:
+            podman("rmi", "-f", remote, check=False)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 What every executor promises runs for containers too in test_executor_contract.py (the
 `local-container` kind). Here: pulls (PULLING, then RUNNING; IMAGE_PULL_FAILED with the
-registry's words; a pull that hangs), the stop with nothing left (`podman ps -a`, conmon and
+registry's words; a pull that hangs), a Python program in a Debian image made by mmdebstrap
+(on the training face), the stop with nothing left (`podman ps -a`, conmon and
 the supervisor by psutil), a server restart, a container whose supervisor died found by its
 labels, workers reaching each other, what a mount lets a job write, a shell inside, GPUs,
 the 4xx answers to bad input, and a pull on a Slurm node.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -46,6 +49,7 @@ from tests.integration.container_support import (
     leftover_containers,
     needs_podman,
     podman,
+    python_image,
     slow_proxy,
 )
 from tests.integration.slurm_support import (
@@ -126,6 +130,57 @@ def test_a_job_pulls_its_image_shows_pulling_then_runs_inside_it(
         said = [e["message"] for e in events_of(http, job["id"]) if e["reason"] == "Pending"]
         assert said == [f"{PendingReason.PULLING.value}: pulling image {image}"]
     assert podman("image", "exists", image, check=False) == ""  # pulled, and kept
+    images.forget(image)
+
+
+PROGRAM = """\
+import hashlib, json, os, pathlib, sys
+out = {
+    "python": sys.executable,
+    "version": list(sys.version_info[:2]),
+    "in_container": os.path.exists("/run/.containerenv"),
+    "task": os.environ["JOBYARD_TASK_NAME"],
+    "digest": hashlib.sha256(os.environ["WORDS"].encode()).hexdigest(),
+}
+pathlib.Path("result.json").write_text(json.dumps(out))
+print("wrote", sorted(out), flush=True)
+sys.exit(int(os.environ["CODE"]))
+"""
+
+
+def test_a_python_program_runs_in_a_debian_image_it_pulls(
+    server: LiveServer, images: Images, tmp_path: Path
+) -> None:
+    """An image made by mmdebstrap with Debian's python3, pulled from the registry, submitted
+    on the training face as its users do (`image`, `command`, `envs`, `workingDir`): the
+    program runs in the image's interpreter, writes to its mounted directory, and its exit
+    code and output are the job's."""
+    with python_image(images) as image, server.client() as http:
+        (tmp_path / "main.py").write_text(PROGRAM)
+        body = {
+            "jobName": "py-in-image",
+            "command": ["python3", "main.py"],
+            "image": image,
+            "envs": {"WORDS": "hello image", "CODE": "4"},
+            "workingDir": str(tmp_path),
+        }
+        created = http.post("/api/jobs/create", json=body)
+        assert created.status_code == 200, created.text
+        job_id = created.json()["data"]["id"]
+        done = server.wait_state(job_id, "FAILED", "SUCCEEDED", timeout=120)
+        log = http.get(f"/api/v1/jobs/{job_id}/logs").text
+        assert (done["exit_code"], done["reason"]) == (4, "EXIT_NONZERO"), log
+        assert log == "wrote ['digest', 'in_container', 'python', 'task', 'version']\n"
+        said = [e["message"] for e in events_of(http, job_id) if e["reason"] == "Pending"]
+        assert said == [f"{PendingReason.PULLING.value}: pulling image {image}"]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result == {
+        "python": "/usr/bin/python3",
+        "version": [3, 11],  # Debian bookworm's, the image's (not this venv's interpreter)
+        "in_container": True,
+        "task": done["tasks"][0]["name"],
+        "digest": hashlib.sha256(b"hello image").hexdigest(),
+    }
     images.forget(image)
 
 
